@@ -1,0 +1,43 @@
+"""Shared fixtures: a real JupyterHub per test, dumped on failure."""
+
+import sys
+
+import pytest
+
+from .hub import start_hub
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    # Remember each phase's report on the item, so fixtures can tell whether
+    # the test failed and dump diagnostics only then.
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report
+
+
+def test_failed(request):
+    rep = getattr(request.node, "rep_call", None)
+    return rep is None or rep.failed
+
+
+@pytest.fixture
+async def hub_factory(tmp_path, request):
+    """Start real hubs: ``hub = await hub_factory(config_source, env=...)``.
+
+    Every hub is stopped after the test; its log is printed if the test failed.
+    """
+    hubs = []
+
+    async def factory(config="", **kwargs):
+        directory = tmp_path / f"hub{len(hubs)}"
+        hub = await start_hub(directory, config, **kwargs)
+        hubs.append(hub)
+        return hub
+
+    yield factory
+    failed = test_failed(request)
+    for hub in hubs:
+        await hub.stop()
+        if failed:
+            sys.stderr.write(f"\n===== hub log {hub.log_path} =====\n{hub.log()[-20000:]}\n")

@@ -1,0 +1,33 @@
+"""Small helpers shared by the tests: free ports, polling, repo paths."""
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port that is free right now on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def poll(predicate, timeout=30, interval=0.05, message="condition"):
+    """Await ``predicate()`` (sync or async) until it returns a truthy value.
+
+    Returns that value; raises ``TimeoutError`` naming ``message`` otherwise.
+    Tests poll for what they wait for, they never sleep a fixed time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
