@@ -19,12 +19,10 @@ except ImportError:  # JupyterHub < 6
         """Stand-in for ``jupyterhub.spawner.SpawnException`` (JupyterHub 6) on JupyterHub 5."""
 
         def __init__(self, message, *, reason, log_message="", message_html="", status_code=400):
+            # tornado's HTTPError owns ``log_message``: pass it through.
+            super().__init__(status_code, log_message or message, reason=reason)
             self.message = message
-            self.reason = reason
-            self.log_message = log_message or message
             self.message_html = message_html
-            self.status_code = status_code
-            super().__init__(status_code, message, reason=reason)
 
         def __str__(self):
             return self.message
