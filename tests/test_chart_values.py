@@ -1,0 +1,194 @@
+"""chart-values/: valid for the z2jh 4.4.0 chart, for the classes they configure, and for Kubernetes."""
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from traitlets.config import Configurable
+
+from .utils import REPO_ROOT
+
+CHART_VALUES = REPO_ROOT / "chart-values"
+Z2JH = Path(__file__).parent / "data" / "z2jh-4.4.0"
+VALUES_FILES = sorted(CHART_VALUES.glob("[0-9][0-9]-*.yaml"))
+MANIFESTS = [CHART_VALUES / "rbac.yaml"]
+KUBERNETES_VERSION = "1.33.0"
+
+
+def deep_merge(base, override):
+    """Merge as helm merges values files: maps recursively, everything else replaced."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def load_yaml(path):
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def merged_values(overrides=None):
+    values = load_yaml(Z2JH / "values.yaml")
+    for path in VALUES_FILES:
+        values = deep_merge(values, load_yaml(path))
+    if overrides:
+        values = deep_merge(values, overrides)
+    return values
+
+
+SCHEMA = load_yaml(Z2JH / "values.schema.yaml")
+
+
+def validate_values(values):
+    jsonschema.validate(values, SCHEMA, cls=jsonschema.Draft7Validator)
+
+
+def test_values_files_exist():
+    names = [p.name for p in VALUES_FILES]
+    assert names == ["01-binder.yaml", "02-builds.yaml", "03-security.yaml"]
+
+
+def test_merged_values_match_the_chart_schema():
+    validate_values(merged_values())
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [
+        pytest.param({"hub": {"allowNamedServer": True}}, id="misspelled-hub-key"),
+        pytest.param({"singleuser": {"memory": {"guarantees": "1G"}}}, id="misspelled-memory"),
+        pytest.param({"cull": {"enabled": "no"}}, id="wrong-type"),
+        pytest.param({"singleuser": {"storage": {"type": "nothing"}}}, id="bad-enum"),
+    ],
+)
+def test_a_typo_fails_validation(typo):
+    with pytest.raises(jsonschema.ValidationError):
+        validate_values(merged_values(typo))
+
+
+def test_each_values_file_alone_matches_the_schema():
+    # each file can be applied on its own over the chart's defaults
+    for path in VALUES_FILES:
+        validate_values(deep_merge(load_yaml(Z2JH / "values.yaml"), load_yaml(path)))
+
+
+def test_binder_defaults():
+    values = merged_values()
+    assert values["hub"]["config"]["JupyterHub"]["spawner_class"] == "binder"
+    assert values["hub"]["config"]["JupyterHub"]["authenticator_class"] == "binder-anonymous"
+    assert values["cull"]["enabled"] is False
+    assert values["singleuser"]["memory"] == {"guarantee": "1G", "limit": "2G"}
+    assert values["singleuser"]["storage"]["type"] == "none"
+    assert values["prePuller"]["hook"]["enabled"] is False
+    assert values["prePuller"]["continuous"]["enabled"] is False
+    assert values["hub"]["consecutiveFailureLimit"] == 0
+    egress = values["singleuser"]["networkPolicy"]
+    assert egress["egressAllowRules"]["nonPrivateIPs"] is False
+    assert egress["egressAllowRules"]["privateIPs"] is False
+    assert egress["egressAllowRules"]["cloudMetadataServer"] is False
+    for rule in egress["egress"]:
+        for peer in rule["to"]:
+            assert "169.254.0.0/16" in peer["ipBlock"]["except"]
+            assert "10.0.0.0/8" in peer["ipBlock"]["except"]
+
+
+def configurable_classes():
+    """Every class a hub.config section can name, by class name."""
+    from jupyterhub.app import JupyterHub
+    from kubespawner import KubeSpawner
+
+    from binder_spawner.auth import AnonymousAuthenticator
+    from binder_spawner.spawner import BinderSpawner
+
+    classes = {}
+    for cls in [JupyterHub, KubeSpawner, BinderSpawner, AnonymousAuthenticator]:
+        for klass in cls.mro():
+            if isinstance(klass, type) and issubclass(klass, Configurable):
+                classes.setdefault(klass.__name__, klass)
+    for cls in JupyterHub().classes:
+        classes.setdefault(cls.__name__, cls)
+    return classes
+
+
+def unknown_options(config):
+    classes = configurable_classes()
+    problems = []
+    for section, options in config.items():
+        cls = classes.get(section)
+        if cls is None:
+            problems.append(f"unknown class {section}")
+            continue
+        known = set(cls.class_trait_names(config=True))
+        for name in options:
+            if name not in known:
+                problems.append(f"{section}.{name}")
+    return problems
+
+
+def test_hub_config_sections_are_recognised():
+    config = merged_values()["hub"]["config"]
+    assert {"JupyterHub", "BinderSpawner"} <= set(config)
+    assert unknown_options(config) == []
+
+
+def test_an_unknown_hub_config_option_is_caught():
+    config = merged_values({"hub": {"config": {"BinderSpawner": {"image_prefx": "x"}}}})
+    assert unknown_options(config["hub"]["config"]) == ["BinderSpawner.image_prefx"]
+    assert unknown_options({"BinderSpawer": {}}) == ["unknown class BinderSpawer"]
+
+
+def test_hub_config_values_are_accepted_by_the_traits():
+    # load the sections into the classes: wrong types raise TraitError
+    from traitlets.config import Config
+
+    from binder_spawner.spawner import BinderSpawner
+
+    config = Config(merged_values()["hub"]["config"])
+    # KubeSpawner's own _mock flag (7.0 and 7.1) gives it a stand-in user and hub
+    spawner = BinderSpawner(config=config, _mock=True)
+    for name, value in config["BinderSpawner"].items():
+        assert getattr(spawner, name) == value
+
+
+def test_service_role_scopes_exist():
+    from jupyterhub.scopes import scope_definitions
+
+    roles = merged_values()["hub"]["loadRoles"]
+    for role in roles.values():
+        for scope in role["scopes"]:
+            assert scope.split("!")[0] in scope_definitions, scope
+    assert roles["binder-service"]["services"] == ["binder"]
+    assert "binder" in merged_values()["hub"]["services"]
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in MANIFESTS])
+def test_manifests_are_valid_kubernetes(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_an_invalid_manifest_is_caught():
+    doc = next(yaml.safe_load_all((CHART_VALUES / "rbac.yaml").read_text()))
+    doc["rules"][0]["verb"] = ["get"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_hub_image_keeps_base_user_and_command():
+    dockerfile = (CHART_VALUES / "hub-image" / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines() if line.strip()]
+    instructions = [line for line in lines if not line.startswith("#")]
+    assert instructions[0] == "FROM quay.io/jupyterhub/k8s-hub:4.4.0"
+    assert instructions[-1] == "USER jovyan"
+    assert not any(line.startswith(("CMD", "ENTRYPOINT")) for line in instructions)
+    # installed against the base image's pins, which exist in the repository
+    assert "-c /tmp/jupyterhub-binder/requirements/z2jh-4.4.0.txt" in dockerfile
+    assert (REPO_ROOT / "requirements" / "z2jh-4.4.0.txt").exists()
