@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
+# Fixtures every test can use: git over smart HTTP and an OCI registry, on loopback.
+from .gitserver import git_server, module_git_server  # noqa: F401
 from .hub import start_hub
+from .registry import registry, registry_auth, registry_token  # noqa: F401
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
