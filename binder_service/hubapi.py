@@ -1,0 +1,191 @@
+"""The one JupyterHub REST API client of binder_service.
+
+Every request carries a token (the service's own unless another is given),
+is bounded by a timeout, and is retried with exponential backoff on network
+errors and 5xx answers (a bounded number of times). Lists are read page by
+page with JupyterHub's pagination (``Accept: application/jupyterhub-pagination+json``,
+``offset``/``limit``), so a hub with many users is never read in one response.
+"""
+
+import asyncio
+import json
+import random
+from urllib.parse import quote, urlencode
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Float, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+
+PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
+
+
+class HubAPIError(Exception):
+    """The hub answered a request with an unexpected status."""
+
+    def __init__(self, method, path, status, body=""):
+        super().__init__(f"{method} {path} -> {status} {body[:200]}")
+        self.status = status
+
+
+def server_path(user, server=""):
+    """API path of ``user``'s server (``""`` = the default server)."""
+    base = f"/users/{quote(user, safe='')}"
+    return base + ("/server" if not server else f"/servers/{quote(server, safe='')}")
+
+
+class HubAPI(LoggingConfigurable):
+    """A small async client for ``JUPYTERHUB_API_URL``."""
+
+    api_url = Unicode(
+        "http://127.0.0.1:8081/hub/api",
+        help="""
+        The hub's REST API URL. Set from ``JUPYTERHUB_API_URL`` by the service.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    api_token = Unicode(
+        help="""
+        The service's API token. Set from ``JUPYTERHUB_API_TOKEN`` by the service.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    timeout = Float(
+        20.0,
+        help="""
+        Seconds one request to the hub may take (connect and answer). Default 20.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    retries = Integer(
+        4,
+        help="""
+        How many times a request failing with a network error or a 5xx answer
+        is retried, with exponential backoff (0.2 s doubling, capped at 5 s,
+        with jitter). Default 4.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    page_size = Integer(
+        200,
+        help="""
+        Users per page when listing users (JupyterHub caps it at its own
+        ``api_page_max_limit``, 200 by default). Default 200.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    def _request(self, method, path, token, body, headers):
+        hdrs = {"Authorization": f"token {token or self.api_token}", "Accept": "application/json"}
+        hdrs.update(headers or {})
+        if body is not None:
+            hdrs["Content-Type"] = "application/json"
+        return HTTPRequest(
+            self.api_url.rstrip("/") + path,
+            method=method,
+            headers=hdrs,
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
+        )
+
+    async def request(self, method, path, *, token=None, body=None, headers=None, ok=(200,)):
+        """Send a request, retrying transient failures; returns ``(status, JSON or None)``.
+
+        A status outside ``ok`` (other than a retried 5xx) raises :class:`HubAPIError`.
+        """
+        client = AsyncHTTPClient()
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await client.fetch(
+                    self._request(method, path, token, body, headers), raise_error=False
+                )
+            except (OSError, HTTPClientError) as e:
+                if last:
+                    raise
+                self.log.warning("Hub API %s %s failed (%s), retrying", method, path, e)
+            else:
+                code = response.code
+                if code in ok:
+                    data = json.loads(response.body) if response.body else None
+                    return code, data
+                if (code >= 500 or code == 599) and not last:
+                    self.log.warning("Hub API %s %s answered %s, retrying", method, path, code)
+                else:
+                    text = response.body.decode("utf8", "replace") if response.body else ""
+                    raise HubAPIError(method, path, code, text)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5)
+
+    async def paginate(self, path, params=None):
+        """Yield every item of a paginated list (``/users``, ``/groups``)."""
+        offset = 0
+        while True:
+            query = dict(params or {}, offset=offset, limit=self.page_size)
+            _, data = await self.request(
+                "GET", f"{path}?{urlencode(query)}", headers={"Accept": PAGINATION_MEDIA_TYPE}
+            )
+            if isinstance(data, list):  # a hub that ignores the pagination media type
+                for item in data:
+                    yield item
+                return
+            for item in data["items"]:
+                yield item
+            following = (data.get("_pagination") or {}).get("next")
+            if not following or not data["items"]:
+                return
+            offset = following["offset"]
+
+    async def users(self, state=None):
+        """All users (``state`` = ``"active"``, ``"inactive"``, ``"ready"`` or None), paginated."""
+        params = {"state": state} if state else {}
+        async for user in self.paginate("/users", params):
+            yield user
+
+    async def user(self, name):
+        """One user's model, or None if there is no such user."""
+        try:
+            _, data = await self.request("GET", f"/users/{quote(name, safe='')}")
+        except HubAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+        return data
+
+    async def whoami(self, token):
+        """The model of the owner of ``token`` (``kind``, ``name``, ``scopes``), or None if invalid."""
+        try:
+            _, data = await self.request("GET", "/user", token=token)
+        except HubAPIError as e:
+            if e.status in (401, 403):
+                return None
+            raise
+        return data
+
+    async def stop_server(self, user, server=""):
+        """Ask the hub to stop a server; returns True if stopped, False if the stop is pending (202)."""
+        status, _ = await self.request("DELETE", server_path(user, server), ok=(202, 204, 400, 404))
+        return status != 202
+
+    async def delete_user(self, name):
+        """Delete a user; returns False if the hub refused because a server is still active."""
+        status, _ = await self.request(
+            "DELETE", f"/users/{quote(name, safe='')}", ok=(204, 400, 404)
+        )
+        return status != 400
+
+    async def info(self):
+        """The hub's version answer, used by the health check."""
+        _, data = await self.request("GET", "/")
+        return data

@@ -1,0 +1,265 @@
+"""Per-repository and total instance limits, and the reservation store.
+
+The pure part is :func:`decide`: given the rules and the current counts, may
+one more server of a repository start? :class:`ReservationStore` keeps the
+slots: reservations made by spawners through the REST API plus the pending
+and running servers observed on the hub (and in the cluster). All of its
+methods are synchronous and the service runs one event loop, so a decision
+and the slot it grants are taken together: concurrent launches cannot
+overshoot a limit.
+
+A slot is identified by (user, server); reserving it again is idempotent.
+A reservation the hub never shows as a running or pending server expires
+after ``ttl`` seconds; one the hub showed and no longer shows is dropped at
+the next reconciliation; so is a slot observed on the hub whose server has
+stopped. After a restart the store is rebuilt from the hub before the
+service answers reservations.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from .utils import isoformat
+
+
+@dataclass(frozen=True)
+class LimitRules:
+    """The configured limits: ``per_repo`` (0 = none), ``overrides`` and ``total`` (0 = none).
+
+    ``overrides`` maps a regular expression, matched in full and
+    case-insensitively against a repo key such as ``gh/org/repo``, to the
+    limit of matching repositories; the highest matching limit wins.
+    """
+
+    per_repo: int = 100
+    overrides: tuple = ()
+    total: int = 0
+
+    @classmethod
+    def from_config(cls, per_repo, overrides, total):
+        compiled = tuple((re.compile(p, re.IGNORECASE), int(n)) for p, n in overrides.items())
+        return cls(per_repo=int(per_repo), overrides=compiled, total=int(total))
+
+    def repo_limit(self, repo):
+        matching = [n for pattern, n in self.overrides if pattern.fullmatch(repo)]
+        return max(matching) if matching else self.per_repo
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether one more server may start, and if not which limit refused it."""
+
+    admitted: bool
+    kind: str = ""  # "repo" or "total" when refused
+    limit: int = 0
+    usage: int = 0
+
+    def message(self, repo):
+        if self.admitted:
+            return ""
+        if self.kind == "total":
+            return (
+                f"This hub already runs {self.usage} Binder sessions, its limit. "
+                "Try again in a few minutes."
+            )
+        return (
+            f"{repo} already has {self.usage} running sessions, the limit for this "
+            "repository. Try again in a few minutes."
+        )
+
+
+def decide(rules, repo, repo_usage, total_usage):
+    """May one more server of ``repo`` start, with ``repo_usage`` and ``total_usage`` others?"""
+    if rules.total and total_usage >= rules.total:
+        return Decision(False, "total", rules.total, total_usage)
+    limit = rules.repo_limit(repo)
+    if limit and repo_usage >= limit:
+        return Decision(False, "repo", limit, repo_usage)
+    return Decision(True, limit=limit, usage=repo_usage)
+
+
+def reservation_id(user, server):
+    """The id of the (user, server) slot: stable, so it survives a service restart."""
+    return hashlib.sha256(f"{user}\0{server}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class Slot:
+    """One counted server: reserved by a spawner, observed on the hub, or both."""
+
+    user: str
+    server: str
+    repo: str
+    created: object  # datetime
+    expires_at: object  # datetime: only matters while never observed
+    updated: object  # datetime of the last reserve or observation
+    reserved: bool = False
+    observed: bool = False
+    seen: bool = False  # observed on the hub at least once
+    id: str = field(init=False)
+
+    def __post_init__(self):
+        self.id = reservation_id(self.user, self.server)
+
+    @property
+    def key(self):
+        return (self.user, self.server)
+
+    def model(self):
+        return {
+            "id": self.id,
+            "user": self.user,
+            "server": self.server,
+            "repo": self.repo,
+            "expires_at": isoformat(self.expires_at),
+        }
+
+
+class LimitExceeded(Exception):
+    """Raised by :meth:`ReservationStore.reserve` when a limit refuses the slot."""
+
+    def __init__(self, decision, repo):
+        super().__init__(decision.message(repo))
+        self.decision = decision
+        self.repo = repo
+        self.message = decision.message(repo)
+
+
+class ReservationStore:
+    """Slots per (user, server) with per-repo counts. Synchronous: see the module docstring."""
+
+    def __init__(self, rules, ttl=900):
+        self.rules = rules
+        self.ttl = ttl
+        self._slots = {}
+        self._by_id = {}
+        self._counts = {}
+
+    # bookkeeping -------------------------------------------------------
+
+    def _add(self, slot):
+        self._slots[slot.key] = slot
+        self._by_id[slot.id] = slot
+        self._counts[slot.repo] = self._counts.get(slot.repo, 0) + 1
+
+    def _remove(self, slot):
+        del self._slots[slot.key]
+        self._by_id.pop(slot.id, None)
+        n = self._counts[slot.repo] - 1
+        if n:
+            self._counts[slot.repo] = n
+        else:
+            del self._counts[slot.repo]
+
+    def _set_repo(self, slot, repo):
+        if slot.repo != repo:
+            self._remove(slot)
+            slot.repo = repo
+            self._add(slot)
+
+    # queries -------------------------------------------------------------
+
+    def get(self, reservation_id):
+        return self._by_id.get(reservation_id)
+
+    def slot(self, user, server):
+        return self._slots.get((user, server))
+
+    def usage(self, now=None):
+        if now is not None:
+            self.expire(now)
+        return {"total": len(self._slots), "repos": dict(self._counts)}
+
+    def __len__(self):
+        return len(self._slots)
+
+    # changes -------------------------------------------------------------
+
+    def expire(self, now):
+        """Drop reservations never observed on the hub whose time ran out; returns them."""
+        expired = [
+            s for s in self._slots.values() if not s.observed and not s.seen and s.expires_at <= now
+        ]
+        for slot in expired:
+            self._remove(slot)
+        return expired
+
+    def reserve(self, user, server, repo, now):
+        """Take a slot for (user, server) and ``repo``, or raise :class:`LimitExceeded`.
+
+        Returns ``(slot, created)``; reserving the same (user, server) and repo
+        again returns the existing slot with its expiry renewed.
+        """
+        self.expire(now)
+        existing = self._slots.get((user, server))
+        if existing is not None and existing.repo == repo:
+            existing.reserved = True
+            existing.updated = now
+            existing.expires_at = now + timedelta(seconds=self.ttl)
+            return existing, False
+        repo_usage = self._counts.get(repo, 0)
+        total_usage = len(self._slots) - (1 if existing is not None else 0)
+        decision = decide(self.rules, repo, repo_usage, total_usage)
+        if not decision.admitted:
+            raise LimitExceeded(decision, repo)
+        if existing is not None:
+            self._remove(existing)
+        slot = Slot(
+            user=user,
+            server=server,
+            repo=repo,
+            created=now,
+            updated=now,
+            expires_at=now + timedelta(seconds=self.ttl),
+            reserved=True,
+        )
+        self._add(slot)
+        return slot, True
+
+    def release(self, reservation_id):
+        """Free a slot by id; returns the slot or None if there was none."""
+        slot = self._by_id.get(reservation_id)
+        if slot is not None:
+            self._remove(slot)
+        return slot
+
+    def reconcile(self, observed, listed_at, now):
+        """Bring the slots in line with the servers the hub (and cluster) report.
+
+        ``observed`` maps (user, server) of every pending or running server to
+        its repo key (None if unknown: it still counts, under ``"?"``).
+        ``listed_at`` is when the listing started: slots changed after it are
+        younger than the listing and are left alone. Returns
+        ``(added, dropped)`` lists of slots.
+        """
+        added, dropped = [], []
+        for key, repo in observed.items():
+            repo = repo or "?"
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = Slot(
+                    user=key[0],
+                    server=key[1],
+                    repo=repo,
+                    created=now,
+                    updated=listed_at,
+                    expires_at=now + timedelta(seconds=self.ttl),
+                )
+                self._add(slot)
+                added.append(slot)
+            elif slot.repo != repo and repo != "?":
+                self._set_repo(slot, repo)
+            slot.observed = True
+            slot.seen = True
+        for key, slot in list(self._slots.items()):
+            if key in observed:
+                continue
+            slot.observed = False
+            if slot.updated >= listed_at:
+                continue  # reserved after the listing started: it cannot be in it yet
+            if slot.seen or slot.expires_at <= now:
+                self._remove(slot)
+                dropped.append(slot)
+        return added, dropped
