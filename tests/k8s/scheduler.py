@@ -27,6 +27,7 @@ neither), volume plugins, NodePorts, preemption.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -151,6 +152,7 @@ def _milli(value) -> int:
     return math.ceil(parse_quantity(value) * 1000)
 
 
+@functools.lru_cache(maxsize=1024)
 def _amount(resource: str, value) -> int:
     """cpu in millicores, everything else in plain units (bytes, count)."""
     if resource == "cpu":
@@ -211,12 +213,42 @@ def node_allocatable(node: dict) -> dict[str, int]:
     return {r: _amount(r, v) for r, v in allocatable.items()}
 
 
-def node_requested(pods, non_zero: bool = False) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for pod in pods:
-        for resource, amount in pod_requests(pod, non_zero).items():
-            total[resource] = total.get(resource, 0) + amount
-    return total
+@dataclass
+class NodeUsage:
+    """What the pods bound to a node request, summed.
+
+    Upstream's NodeInfo keeps the same sums (``Requested``, ``NonZeroRequested``,
+    pkg/scheduler/framework/types.go). Callers that schedule many pods (the
+    placement benchmark) keep one per node up to date with :meth:`add` and
+    :meth:`remove` and pass it in ``pods_by_node`` instead of a pod list.
+    """
+
+    pods: int = 0
+    requested: dict[str, int] = field(default_factory=dict)
+    non_zero: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pods) -> NodeUsage:
+        usage = cls()
+        for pod in _active(pods):
+            usage.add(pod)
+        return usage
+
+    def add(self, pod: dict, sign: int = 1) -> None:
+        self.pods += sign
+        for total, non_zero in ((self.requested, False), (self.non_zero, True)):
+            for resource, amount in pod_requests(pod, non_zero).items():
+                total[resource] = total.get(resource, 0) + sign * amount
+
+    def remove(self, pod: dict) -> None:
+        self.add(pod, -1)
+
+
+def node_usage(pods_by_node: Mapping, name: str) -> NodeUsage:
+    pods = pods_by_node.get(name)
+    if isinstance(pods, NodeUsage):
+        return pods
+    return NodeUsage.of(pods or [])
 
 
 # --------------------------------------------------------------------------
@@ -338,7 +370,7 @@ def filter_taint_toleration(pod: dict, node: dict) -> str | None:
     return None
 
 
-def filter_node_resources_fit(pod: dict, node: dict, pods_on_node: list[dict]) -> str | None:
+def filter_node_resources_fit(pod: dict, node: dict, usage: NodeUsage) -> str | None:
     """noderesources/fit.go fitsRequest: pod count, then each requested resource.
 
     Upstream reports every insufficient resource; the first one is enough for
@@ -346,12 +378,12 @@ def filter_node_resources_fit(pod: dict, node: dict, pods_on_node: list[dict]) -
     """
     allocatable = node_allocatable(node)
     allowed_pods = allocatable.get("pods")
-    if allowed_pods is not None and len(pods_on_node) + 1 > allowed_pods:
+    if allowed_pods is not None and usage.pods + 1 > allowed_pods:
         return REASON_TOO_MANY_PODS
     requests = pod_requests(pod)
     if not any(requests.values()):
         return None
-    used = node_requested(pods_on_node)
+    used = usage.requested
     for resource in sorted(requests, key=lambda r: (r not in ("cpu", "memory"), r)):
         amount = requests[resource]
         if amount == 0 or resource == "pods":
@@ -361,7 +393,7 @@ def filter_node_resources_fit(pod: dict, node: dict, pods_on_node: list[dict]) -
     return None
 
 
-def filter_node(pod: dict, node: dict, pods_on_node: list[dict]) -> str | None:
+def filter_node(pod: dict, node: dict, usage: NodeUsage) -> str | None:
     """Run the filter plugins in kube-scheduler's default order; first failure wins."""
     for check in (
         filter_node_unschedulable,
@@ -372,7 +404,7 @@ def filter_node(pod: dict, node: dict, pods_on_node: list[dict]) -> str | None:
         reason = check(pod, node)
         if reason:
             return reason
-    return filter_node_resources_fit(pod, node, pods_on_node)
+    return filter_node_resources_fit(pod, node, usage)
 
 
 # --------------------------------------------------------------------------
@@ -483,20 +515,20 @@ def score_image_locality(
     return MAX_NODE_SCORE * (total - IMAGE_MIN_THRESHOLD) // (max_threshold - IMAGE_MIN_THRESHOLD)
 
 
-def _resource_vectors(pod, node, pods_on_node, resources):
+def _resource_vectors(pod, node, usage: NodeUsage, resources):
     """Requested (including this pod, non-zero defaults) and allocatable per resource.
 
     noderesources/resource_allocation.go calculateResourceAllocatableRequest.
     """
     allocatable = node_allocatable(node)
-    used = node_requested(pods_on_node, non_zero=True)
+    used = usage.non_zero
     mine = pod_requests(pod, non_zero=True)
     requested = [used.get(r, 0) + mine.get(r, 0) for r, _ in resources]
     capacity = [allocatable.get(r, 0) for r, _ in resources]
     return requested, capacity
 
 
-def score_resources_fit(pod, node, pods_on_node, profile: SchedulerProfile) -> int:
+def score_resources_fit(pod, node, usage: NodeUsage, profile: SchedulerProfile) -> int:
     """NodeResourcesFit Score with the profile's strategy.
 
     LeastAllocated (noderesources/least_allocated.go):
@@ -505,7 +537,7 @@ def score_resources_fit(pod, node, pods_on_node, profile: SchedulerProfile) -> i
     capacity``, requested clamped to capacity. Both: weighted integer mean over
     the resources the node has.
     """
-    requested, capacity = _resource_vectors(pod, node, pods_on_node, profile.resources)
+    requested, capacity = _resource_vectors(pod, node, usage, profile.resources)
     total = weights = 0
     for (_, weight), req, cap in zip(profile.resources, requested, capacity, strict=True):
         if cap == 0:
@@ -519,9 +551,9 @@ def score_resources_fit(pod, node, pods_on_node, profile: SchedulerProfile) -> i
     return total // weights if weights else 0
 
 
-def score_balanced_allocation(pod, node, pods_on_node, profile: SchedulerProfile) -> int:
+def score_balanced_allocation(pod, node, usage: NodeUsage, profile: SchedulerProfile) -> int:
     """noderesources/balanced_allocation.go: ``(1 - std(fractions)) * 100``."""
-    requested, capacity = _resource_vectors(pod, node, pods_on_node, profile.resources)
+    requested, capacity = _resource_vectors(pod, node, usage, profile.resources)
     fractions = [min(r / c, 1.0) for r, c in zip(requested, capacity, strict=True) if c]
     if len(fractions) == 2:
         std = abs(fractions[0] - fractions[1]) / 2
@@ -547,6 +579,7 @@ def score_nodes(
     all_nodes: list[dict],
     pods_by_node: Mapping[str, list[dict]],
     profile: SchedulerProfile = KUBE_DEFAULT,
+    states: dict[str, tuple[int, int]] | None = None,
 ) -> ScoreResult:
     """Score the feasible nodes: plugin scores, normalised, weighted and summed."""
     names = [node_name(n) for n in feasible]
@@ -559,11 +592,12 @@ def score_nodes(
         plugins["TaintToleration"] = default_normalize_score(raw, reverse=True)
     if profile.weight("ImageLocality"):
         # totalNumNodes counts every node in the snapshot, not only feasible ones.
-        states = image_states(all_nodes)
+        if states is None:
+            states = image_states(all_nodes)
         plugins["ImageLocality"] = {
             node_name(n): score_image_locality(pod, n, states, len(all_nodes)) for n in feasible
         }
-    pods_of = {name: _active(pods_by_node.get(name) or []) for name in names}
+    pods_of = {name: node_usage(pods_by_node, name) for name in names}
     if profile.weight("NodeResourcesFit"):
         plugins["NodeResourcesFit"] = {
             node_name(n): score_resources_fit(pod, n, pods_of[node_name(n)], profile)
@@ -607,18 +641,22 @@ def schedule(
     pods_by_node: Mapping[str, list[dict]],
     weights: SchedulerProfile = KUBE_DEFAULT,
     rng=None,
+    states: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[str | None, dict[str, str]]:
     """Choose a node for ``pod``: ``(node name or None, {node: reason filtered out})``.
 
     ``pods_by_node`` maps node names to the pods bound there (terminated pods
-    are ignored). ``weights`` is a :class:`SchedulerProfile`
-    (:data:`KUBE_DEFAULT`, :data:`Z2JH_USER_SCHEDULER` or your own).
+    are ignored) or to their :class:`NodeUsage`. ``weights`` is a
+    :class:`SchedulerProfile` (:data:`KUBE_DEFAULT`, :data:`Z2JH_USER_SCHEDULER`
+    or your own). ``rng`` breaks ties (see :func:`select_host`); ``states``
+    is :func:`image_states` of ``nodes`` when the caller keeps it up to date.
     """
+    usages = {node_name(n): node_usage(pods_by_node, node_name(n)) for n in nodes}
     reasons: dict[str, str] = {}
     feasible = []
     for node in nodes:
         name = node_name(node)
-        reason = filter_node(pod, node, _active(pods_by_node.get(name) or []))
+        reason = filter_node(pod, node, usages[name])
         if reason:
             reasons[name] = reason
         else:
@@ -628,7 +666,7 @@ def schedule(
     if len(feasible) == 1:
         # schedule_one.go: with one feasible node scoring is skipped.
         return node_name(feasible[0]), reasons
-    result = score_nodes(pod, feasible, nodes, pods_by_node, weights)
+    result = score_nodes(pod, feasible, nodes, usages, weights, states)
     return select_host(result.totals, [node_name(n) for n in feasible], rng), reasons
 
 
