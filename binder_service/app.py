@@ -1,0 +1,593 @@
+"""The binder_service application: configuration, the web server, the periodic sweep.
+
+Run by the hub as a managed service::
+
+    c.JupyterHub.services = [{
+        "name": "binder",
+        "url": "http://127.0.0.1:10101",
+        "command": [sys.executable, "-m", "binder_service"],
+    }]
+
+It reads ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_API_URL``,
+``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX`` and
+``JUPYTERHUB_BASE_URL`` from the environment the hub gives it. At start, and
+then every ``reconcile_every`` seconds, it lists the hub's active servers and
+rebuilds its slot counts from them; every ``cull_every`` seconds it culls.
+"""
+
+import asyncio
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.log import LogFormatter
+from traitlets import Dict, Float, Integer, Unicode, default, validate
+from traitlets.config import Application, TraitError
+
+from . import handlers as handlers_module
+from .culler import Culler
+from .hubapi import HubAPI, HubAPIError
+from .limits import LimitRules, ReservationStore
+from .metrics import LaunchEventLog, Metrics
+from .placement_source import PlacementSource
+from .utils import Clock, parse_date
+
+STATIC = Path(__file__).parent / "static"
+
+
+class BinderService(Application):
+    """Culling, per-repository limits, placement and launch links for jupyterhub-binder."""
+
+    name = "binder-service"
+    description = __doc__
+    classes = [HubAPI, Culler, PlacementSource]
+
+    aliases = {
+        "config": "BinderService.config_file",
+        "ip": "BinderService.ip",
+        "port": "BinderService.port",
+        "log-level": "Application.log_level",
+        "per-repo-limit": "BinderService.per_repo_limit",
+        "total-limit": "BinderService.total_limit",
+        "reservation-ttl": "BinderService.reservation_ttl",
+        "reconcile-every": "BinderService.reconcile_every",
+        "cull-every": "BinderService.cull_every",
+        "timeout": "Culler.timeout",
+        "max-age": "Culler.max_age",
+        "concurrency": "Culler.concurrency",
+        "anonymous-group": "Culler.anonymous_group",
+        "launch-events-file": "BinderService.launch_events_file",
+        "clock-offset-file": "BinderService.clock_offset_file",
+        "namespace": "PlacementSource.namespace",
+    }
+    flags = {
+        "kubernetes": (
+            {"PlacementSource": {"enabled": True}},
+            "Read pods and nodes from Kubernetes (in-cluster config or KUBECONFIG).",
+        ),
+        "cull-admin-users": ({"Culler": {"cull_admin_users": True}}, "Cull admins' servers too."),
+        "debug": ({"Application": {"log_level": 10}}, "Log at debug level."),
+    }
+
+    _log_formatter_cls = LogFormatter
+
+    @default("log_datefmt")
+    def _default_log_datefmt(self):
+        return "%Y-%m-%d %H:%M:%S"
+
+    @default("log_format")
+    def _default_log_format(self):
+        # JupyterHub's own format (jupyterhub/app.py, JupyterHub._log_format_default)
+        return (
+            "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s "
+            "%(module)s:%(lineno)d]%(end_color)s %(message)s"
+        )
+
+    config_file = Unicode(
+        "",
+        help="""
+        A configuration file (``.py`` or ``.json``) to load, e.g.
+        ``binder_service_config.py`` with ``c.BinderService.per_repo_limit = 50``.
+        Default: none.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    ip = Unicode(
+        help="""
+        Address to listen on. Default: the host of ``JUPYTERHUB_SERVICE_URL``,
+        else 127.0.0.1.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("ip")
+    def _default_ip(self):
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+        return (urlparse(url).hostname if url else None) or "127.0.0.1"
+
+    port = Integer(
+        help="""
+        Port to listen on. Default: the port of ``JUPYTERHUB_SERVICE_URL``,
+        else 10101.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("port")
+    def _default_port(self):
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+        return (urlparse(url).port if url else None) or 10101
+
+    base_url = Unicode(
+        help="""
+        URL prefix the service answers under. Default ``JUPYTERHUB_SERVICE_PREFIX``,
+        else ``/services/binder/``.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("base_url")
+    def _default_base_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/binder/"
+
+    @validate("base_url")
+    def _validate_base_url(self, proposal):
+        value = proposal["value"]
+        return "/" + value.strip("/") + "/" if value.strip("/") else "/"
+
+    hub_base_url = Unicode(
+        help="""
+        The hub's base URL, for launch redirects to ``{hub_base_url}hub/spawn``.
+        Default ``JUPYTERHUB_BASE_URL``, else ``/``.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("hub_base_url")
+    def _default_hub_base_url(self):
+        value = os.environ.get("JUPYTERHUB_BASE_URL") or "/"
+        return value if value.endswith("/") else value + "/"
+
+    per_repo_limit = Integer(
+        100,
+        help="""
+        Servers (pending or running) one repository may have at once.
+        Default 100. 0 = no limit.
+
+        Example: ``c.BinderService.per_repo_limit = 50``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    per_repo_limit_overrides = Dict(
+        help="""
+        Limits for repositories matching patterns: a dict of regular
+        expression -> limit, matched in full and case-insensitively against
+        the repo key (``gh/org/repo``, ``gl/group/project``, ``git/<url>``,
+        ``gist/user/id``). The highest matching limit wins. Default: none.
+
+        Example: ``c.BinderService.per_repo_limit_overrides = {"gh/my-org/.*": 300}``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @validate("per_repo_limit_overrides")
+    def _validate_overrides(self, proposal):
+        import re
+
+        for pattern, limit in proposal["value"].items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise TraitError(
+                    f"BinderService.per_repo_limit_overrides: bad pattern {pattern!r}: {e}"
+                ) from None
+            if not isinstance(limit, int) or limit < 0:
+                raise TraitError(
+                    f"BinderService.per_repo_limit_overrides: limit of {pattern!r} "
+                    f"must be an integer >= 0, not {limit!r}"
+                )
+        return proposal["value"]
+
+    total_limit = Integer(
+        0,
+        help="""
+        Binder servers (pending or running) the whole hub may have at once.
+        Default 0: no total limit.
+
+        Example: ``c.BinderService.total_limit = 2000``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    reservation_ttl = Integer(
+        900,
+        help="""
+        Seconds a reservation is kept if its server never appears on the hub
+        (the spawner crashed, or the client reserved without starting).
+        Default 900.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    retry_after = Integer(
+        60,
+        help="""
+        Seconds a refused launch is told to wait (``Retry-After``). Default 60.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    reconcile_every = Float(
+        30,
+        help="""
+        Seconds between rebuilds of the slot counts from the hub's servers.
+        Default 30.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    cull_every = Float(
+        60,
+        help="""
+        Seconds between cull sweeps. Default 60.
+
+        Example: ``c.BinderService.cull_every = 120``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    token_cache_ttl = Float(
+        30,
+        help="""
+        Seconds a caller's token -> identity answer from the hub is reused.
+        Default 30.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    launch_events_file = Unicode(
+        "",
+        help="""
+        File to append launch events to, as JSON lines in the
+        ``binderhub.jupyter.org/launch`` shape (no user names, no client
+        addresses). Default: none (no events written).
+
+        Example: ``c.BinderService.launch_events_file = "/srv/events/launches.jsonl"``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    event_origin = Unicode(
+        "",
+        help="""
+        The ``origin`` field of launch events (e.g. your hub's host name).
+        Default: the host of ``JUPYTERHUB_PUBLIC_HUB_URL`` if set, else empty.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("event_origin")
+    def _default_event_origin(self):
+        url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or ""
+        return urlparse(url).hostname or ""
+
+    clock_offset_file = Unicode(
+        "",
+        help="""
+        Testing aid: a file holding a number of seconds added to the clock the
+        service reads (culling and reservation expiry), read at every use.
+        Default: none. Only who can write that file can move the clock; leave
+        it unset in production.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        if self.config_file:
+            path = Path(self.config_file)
+            self.load_config_file(path.name, path=str(path.parent.resolve()))
+        self.log.name = "BinderService"
+        self.clock = Clock(self.clock_offset_file)
+        self.metrics = Metrics()
+        self.events = LaunchEventLog(self.launch_events_file, self.event_origin)
+        self.hub = HubAPI(parent=self, log=self.log)
+        if not self.hub.api_token:
+            self.hub.api_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if "JUPYTERHUB_API_URL" in os.environ and "api_url" not in self.config.HubAPI:
+            self.hub.api_url = os.environ["JUPYTERHUB_API_URL"]
+        self.culler = Culler(
+            parent=self, log=self.log, hub=self.hub, clock=self.clock, metrics=self.metrics
+        )
+        self.placement_source = PlacementSource(parent=self, log=self.log)
+        self.store = ReservationStore(
+            LimitRules.from_config(
+                self.per_repo_limit, self.per_repo_limit_overrides, self.total_limit
+            ),
+            ttl=self.reservation_ttl,
+        )
+        self._policy = None
+        self._tokens = {}
+        self._synced = asyncio.Event()
+        self._last_cull = None
+        self._launching = {}  # (user, server) -> started, for launch events
+        self._badges = {}
+
+    # collaborators -------------------------------------------------------
+
+    @property
+    def policy(self):
+        """The RepoPolicy (``c.RepoPolicy.*`` applies), created on first use."""
+        if self._policy is None:
+            from binder_spawner.repos import RepoPolicy
+
+            self._policy = RepoPolicy(parent=self, log=self.log)
+        return self._policy
+
+    def spec_of(self, user_options):
+        """The LaunchSpec of a server's ``user_options``, or None if they name no repository."""
+        if not isinstance(user_options, dict) or not user_options.get("repo"):
+            return None
+        try:
+            return self.policy.parse(user_options)
+        except Exception as e:  # SpecError, or options another spawner wrote
+            self.log.debug("user_options without a valid repo: %s", e)
+            return None
+
+    def parse_launch(self, provider_spec):
+        """The LaunchSpec of a ``v2/`` path; a bad one raises a 4xx ``HTTPError``."""
+        from binder_spawner.repos import SpecError
+
+        try:
+            return self.policy.parse(provider_spec)
+        except SpecError as e:
+            raise web.HTTPError(e.status_code, e.message) from None
+
+    @property
+    def hub_spawn_url(self):
+        return self.hub_base_url + "hub/spawn"
+
+    def badge(self, name):
+        if name not in self._badges:
+            self._badges[name] = (STATIC / name).read_bytes()
+        return self._badges[name]
+
+    # authentication ------------------------------------------------------
+
+    async def authenticate(self, token):
+        """The hub's model of ``token``'s owner, cached ``token_cache_ttl`` seconds; None if invalid."""
+        key = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._tokens.get(key)
+        if cached and cached[1] > now:
+            return cached[0]
+        identity = await self.hub.whoami(token)
+        if len(self._tokens) > 10000:
+            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+        self._tokens[key] = (identity, now + self.token_cache_ttl)
+        return identity
+
+    # limits --------------------------------------------------------------
+
+    async def reserve(self, user, server, repo, verify=True):
+        """Take a slot; with ``verify`` the server must be active on the hub, and the
+        repository its ``user_options`` name wins over ``repo``."""
+        await self._synced.wait()
+        if verify:
+            model = await self.hub.user(user)
+            servers = (model or {}).get("servers") or {}
+            if server not in servers or servers[server].get("stopped"):
+                raise web.HTTPError(
+                    409, "Reservations are only for servers that are starting or running."
+                )
+            spec = self.spec_of(servers[server].get("user_options"))
+            if spec is not None and spec.repo_key != repo:
+                self.log.warning(
+                    "Reservation for %s/%s names %s, its server runs %s: using the latter",
+                    user,
+                    server,
+                    repo,
+                    spec.repo_key,
+                )
+                repo = spec.repo_key
+        from .limits import LimitExceeded
+
+        try:
+            slot, created = self.store.reserve(user, server, repo, self.clock())
+        except LimitExceeded as e:
+            self.metrics.reservations.labels(result="refused").inc()
+            self.metrics.rejections.labels(limit=e.decision.kind).inc()
+            self.log.info("Refused a slot for %s/%s: %s", user, server, e.message)
+            raise
+        self.metrics.reservations.labels(result="created" if created else "renewed").inc()
+        self.metrics.slots.set(len(self.store))
+        self.log.info(
+            "%s slot %s for %s/%s (%s)",
+            "Reserved" if created else "Renewed",
+            slot.id,
+            user,
+            server,
+            repo,
+        )
+        return slot, created
+
+    def release(self, reservation_id):
+        slot = self.store.release(reservation_id)
+        if slot is not None:
+            self.log.info("Released slot %s of %s/%s", slot.id, slot.user, slot.server)
+        self.metrics.slots.set(len(self.store))
+        return slot
+
+    def usage(self):
+        expired = self.store.expire(self.clock())
+        if expired:
+            self.metrics.expired.inc(len(expired))
+        self.metrics.slots.set(len(self.store))
+        return self.store.usage()
+
+    async def placement(self, image):
+        return await self.placement_source.rank(image)
+
+    # periodic work -------------------------------------------------------
+
+    def _track_launch(self, key, server, spec, seen):
+        """Emit a launch event and time when a server we saw starting becomes ready."""
+        if server.get("pending") == "spawn":
+            self._launching.setdefault(key, server.get("started"))
+        elif server.get("ready") and key in self._launching:
+            del self._launching[key]
+            started = parse_date(server.get("started"))
+            if started is not None:
+                seconds = max((self.clock() - started).total_seconds(), 0)
+                self.metrics.launch_time.labels(status="success").observe(seconds)
+            self.metrics.launches.labels(status="success", provider=spec.provider).inc()
+            self.events.emit(spec, "success")
+        seen.add(key)
+
+    async def reconcile(self):
+        """Rebuild the slot counts from the hub's active servers; returns the active users."""
+        listed_at = self.clock()
+        observed, users, seen = {}, [], set()
+        pending = ready = 0
+        async for user in self.hub.users(state="active"):
+            users.append(user)
+            for name, server in (user.get("servers") or {}).items():
+                if server.get("stopped"):
+                    continue
+                key = (user["name"], name)
+                spec = self.spec_of(server.get("user_options"))
+                observed[key] = spec.repo_key if spec else None
+                if spec is not None:
+                    pending += server.get("pending") == "spawn"
+                    ready += bool(server.get("ready"))
+                    self._track_launch(key, server, spec, seen)
+        for key in set(self._launching) - seen:
+            del self._launching[key]
+        added, dropped = self.store.reconcile(observed, listed_at, self.clock())
+        expired = self.store.expire(self.clock())
+        if expired:
+            self.metrics.expired.inc(len(expired))
+        for slot in added:
+            self.log.info(
+                "Counting %s/%s (%s), found on the hub", slot.user, slot.server, slot.repo
+            )
+        for slot in dropped:
+            self.log.info(
+                "Freed slot of %s/%s (%s): server gone", slot.user, slot.server, slot.repo
+            )
+        self.metrics.slots.set(len(self.store))
+        self.metrics.inprogress_launches.set(pending)
+        self.metrics.running.set(ready)
+        return users
+
+    async def sweep(self):
+        """One reconciliation, and a cull when ``cull_every`` has passed."""
+        started = time.perf_counter()
+        users = await self.reconcile()
+        self._synced.set()
+        now = time.monotonic()
+        if self._last_cull is None or now - self._last_cull >= self.cull_every:
+            self._last_cull = now
+            stopped = await self.culler.cull_servers(users)
+            deleted = await self.culler.delete_users()
+            if stopped or deleted:
+                self.log.info("Cull sweep: stopped %d servers, deleted %d users", stopped, deleted)
+                await self.reconcile()
+        self.metrics.sweep_time.observe(time.perf_counter() - started)
+
+    async def run_periodically(self):
+        interval = min(self.reconcile_every, self.cull_every)
+        while True:
+            try:
+                await self.sweep()
+            except (HubAPIError, OSError) as e:
+                self.log.error("Sweep failed, retrying in %ss: %s", interval, e)
+            except Exception:
+                self.log.exception("Sweep failed, retrying in %ss", interval)
+            await asyncio.sleep(interval)
+
+    async def health(self):
+        checks = []
+        try:
+            await self.hub.info()
+            checks.append({"service": "hub", "ok": True})
+        except Exception as e:
+            self.log.warning("Health: hub API unreachable: %s", e)
+            checks.append({"service": "hub", "ok": False})
+        if self.placement_source.enabled:
+            ok = await self.placement_source.healthy()
+            checks.append({"service": "kubernetes", "ok": ok})
+        return checks
+
+    # web -----------------------------------------------------------------
+
+    def make_app(self):
+        return web.Application(
+            handlers_module.handlers(self.base_url),
+            binder_service=self,
+            log_function=self.log_request,
+        )
+
+    def log_request(self, handler):
+        # The path without its query; never the client address.
+        status = handler.get_status()
+        level = self.log.debug if status < 400 else self.log.warning
+        if handler.request.path.endswith(("/health", "/metrics")) and status < 400:
+            level = self.log.debug
+        level(
+            "%s %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.path,
+            1000 * handler.request.request_time(),
+        )
+
+    async def start_async(self):
+        self.web_app = self.make_app()
+        self.http_server = HTTPServer(self.web_app, xheaders=True)
+        self.http_server.listen(self.port, self.ip)
+        self.log.info(
+            "binder_service listening on http://%s:%s%s", self.ip, self.port, self.base_url
+        )
+        await self.placement_source.start()
+        self._task = asyncio.ensure_future(self.run_periodically())
+        await asyncio.Event().wait()
+
+    def start(self):
+        try:
+            asyncio.run(self.start_async())
+        except KeyboardInterrupt:
+            pass
+
+
+def main(argv=None):
+    app = BinderService.instance()
+    app.initialize(argv)
+    app.start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Where images are cached: the cluster I/O behind ``GET api/placement``.
+
+Lists the user and build pods of the namespace (image, node, start time) and,
+when the service's RBAC role may read them, the nodes (capacity and
+``status.images``), then ranks nodes with the pure functions of
+:mod:`binder_service.placement`. Without permission to read nodes (403) it
+still answers from the pods: the nodes they ran on, capacity unknown. Off
+unless enabled (``--kubernetes``): then the answer is empty and the spawner
+falls back to its own stable choice.
+"""
+
+import asyncio
+import json
+import os
+import time
+
+from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from . import placement
+
+UNKNOWN_ROOM = 2**62
+
+
+class PlacementSource(LoggingConfigurable):
+    """Kubernetes inventory for placement answers, refreshed at most every ``refresh_every``."""
+
+    enabled = Bool(
+        False,
+        help="""
+        Read pods and nodes from Kubernetes (in-cluster configuration, else
+        ``KUBECONFIG``) for placement answers and the health check. Default
+        False; ``--kubernetes`` on the command line.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    namespace = Unicode(
+        help="""
+        Namespace of the user and build pods. Default: ``POD_NAMESPACE`` (set
+        by the zero-to-jupyterhub chart in the hub pod), else the in-cluster
+        service account's namespace, else ``default``.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("namespace")
+    def _default_namespace(self):
+        if os.environ.get("POD_NAMESPACE"):
+            return os.environ["POD_NAMESPACE"]
+        path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read().strip()
+        return "default"
+
+    refresh_every = Float(
+        15.0,
+        help="""
+        Seconds an inventory of pods and nodes is reused before the next
+        placement request lists them again. Default 15.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    pod_memory = Integer(
+        2**30,
+        help="""
+        Bytes of memory one user pod requests, to leave out nodes without room
+        for one more. Default 1 GiB (the memory guarantee of the chart values).
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    max_nodes = Integer(
+        4,
+        help="""
+        Nodes named in one placement answer. Default 4.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    request_timeout = Float(
+        10.0,
+        help="""
+        Seconds one Kubernetes API call may take. Default 10.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._api = None
+        self._snapshot = None  # (monotonic time, rooms, inventory)
+        self._lock = asyncio.Lock()
+        self._nodes_forbidden = False
+
+    async def start(self):
+        if not self.enabled:
+            return
+        from kubernetes_asyncio import client, config
+
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+        else:
+            await config.load_kube_config()
+        self._api = client.CoreV1Api()
+
+    async def _list(self, call, *args):
+        response = await asyncio.wait_for(
+            call(*args, _preload_content=False, _request_timeout=self.request_timeout),
+            self.request_timeout,
+        )
+        return json.loads(await response.read())["items"]
+
+    async def _refresh(self):
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        pods = await self._list(self._api.list_namespaced_pod, self.namespace)
+        nodes = None
+        if not self._nodes_forbidden:
+            try:
+                nodes = await self._list(self._api.list_node)
+            except ApiException as e:
+                if e.status != 403:
+                    raise
+                self._nodes_forbidden = True
+                self.log.warning("No permission to list nodes: placing from pods only")
+        now = time.time()
+        inventory = placement.inventory_from_cluster(pods, nodes, now=now)
+        if nodes is not None:
+            rooms = placement.node_room(nodes, pods)
+        else:
+            names = {(p.get("spec") or {}).get("nodeName") for p in pods} - {None}
+            rooms = {n: placement.NodeRoom(n, UNKNOWN_ROOM, UNKNOWN_ROOM) for n in names}
+        self._snapshot = (time.monotonic(), rooms, inventory)
+
+    async def rank(self, image):
+        """``[(node, weight)]`` for ``image``; empty when disabled or the cluster is unreachable."""
+        if not self.enabled or self._api is None:
+            return []
+        async with self._lock:
+            if self._snapshot is None or time.monotonic() - self._snapshot[0] > self.refresh_every:
+                try:
+                    await self._refresh()
+                except Exception as e:
+                    self.log.error("Cannot list pods for placement: %s", e)
+                    if self._snapshot is None:
+                        return []
+        _, rooms, inventory = self._snapshot
+        holders = inventory.holders(image, time.time())
+        return placement.rank_nodes(
+            image, rooms, holders, pod_memory=self.pod_memory, max_nodes=self.max_nodes
+        )
+
+    async def healthy(self):
+        """True if the Kubernetes API answers a namespaced pod list."""
+        if self._api is None:
+            return False
+        try:
+            await asyncio.wait_for(
+                self._api.list_namespaced_pod(
+                    self.namespace, limit=1, _request_timeout=self.request_timeout
+                ),
+                self.request_timeout,
+            )
+        except Exception as e:
+            self.log.warning("Health: Kubernetes API unreachable: %s", e)
+            return False
+        return True
