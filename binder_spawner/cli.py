@@ -12,8 +12,21 @@ def build_parser():
         description="Binder inside any JupyterHub: tools for admins.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    service = commands.add_parser(
+        "service",
+        help="run binder_service (as python -m binder_service; --help-all lists its options)",
+        add_help=False,
+    )
+    service.add_argument("service_args", nargs=argparse.REMAINDER)
+    service.set_defaults(func=run_service)
     return parser
+
+
+def run_service(args):
+    from binder_service.app import main as service_main
+
+    return service_main(args.service_args)
 
 
 def main(argv=None):
