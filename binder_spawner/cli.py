@@ -18,18 +18,21 @@ def build_parser():
         help="run binder_service (as python -m binder_service; --help-all lists its options)",
         add_help=False,
     )
-    service.add_argument("service_args", nargs=argparse.REMAINDER)
-    service.set_defaults(func=run_service)
+    service.set_defaults(func=lambda args: run_service([]))
     return parser
 
 
-def run_service(args):
+def run_service(argv):
     from binder_service.app import main as service_main
 
-    return service_main(args.service_args)
+    return service_main(argv)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["service"]:
+        # binder_service parses its own (traitlets) options.
+        return run_service(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
