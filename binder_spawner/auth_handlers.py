@@ -1,0 +1,195 @@
+"""Hub handlers of the anonymous authenticator: login, logout and the launch-link router.
+
+``AnonymousAuthenticator.get_handlers`` registers them; JupyterHub puts an
+authenticator's handlers before its own (``JupyterHub.init_handlers``, 5.5
+and 6.1), so these serve ``/hub/login``, ``/hub/logout`` and ``/hub/spawn``.
+Each subclasses the hub's handler and changes only what is described.
+"""
+
+import inspect
+
+from jupyterhub import orm
+from jupyterhub.handlers.login import LoginHandler, LogoutHandler
+from jupyterhub.handlers.pages import SpawnHandler
+from jupyterhub.utils import maybe_future, safe_log, url_path_join
+from tornado import web
+
+from .identity import first_repo_param, random_suffix, repo_slug, safe_next_url
+
+
+def _anonymous_authenticator(handler):
+    from .auth import AnonymousAuthenticator
+
+    authenticator = handler.authenticator
+    return authenticator if isinstance(authenticator, AnonymousAuthenticator) else None
+
+
+class AnonymousLoginHandler(LoginHandler):
+    """JupyterHub's login handler with a stricter check of ``next``.
+
+    With ``auto_login`` and the default ``login_url``, ``LoginHandler.get``
+    calls ``login_user()`` itself and redirects to ``get_next_url(user)``
+    (jupyterhub 5.5/6.1 ``handlers/login.py``), so the launch query inside
+    ``next`` survives the login. ``next`` first passes the hub's own check,
+    then :func:`binder_spawner.identity.safe_next_url`.
+    """
+
+    def _validate_next_url(self, next_url):
+        checked = super()._validate_next_url(next_url)
+        if not checked:
+            return checked
+        strict = safe_next_url(checked, self.base_url)
+        if not strict:
+            self.log.warning("Disallowing redirect after login: %r", safe_log(next_url))
+        return strict
+
+
+class AnonymousLogoutHandler(LogoutHandler):
+    """Logout that discards an anonymous identity.
+
+    For members of the authenticator's group: stops all servers (whatever
+    ``JupyterHub.shutdown_on_logout`` says), revokes every token, changes the
+    cookie id so an old cookie no longer works, and deletes the user when
+    nothing is still starting or stopping. Other users get JupyterHub's
+    logout unchanged.
+    """
+
+    async def handle_logout(self):
+        await maybe_future(super().handle_logout())
+        authenticator = _anonymous_authenticator(self)
+        user = self.current_user
+        if authenticator is None or user is None or not authenticator.is_anonymous(user):
+            return
+        try:
+            await self._shutdown_servers(user)
+        except Exception:
+            self.log.exception("Failed to stop the servers of %s at logout", user.name)
+        for token in list(user.orm_user.api_tokens):
+            self.db.delete(token)
+        user.orm_user.cookie_id = orm.new_token()
+        self.db.commit()
+        self.log.info("Discarded the anonymous identity %s at logout", user.name)
+        busy = [name for name, spawner in user.spawners.items() if spawner.active]
+        if busy or not authenticator.delete_user_on_logout:
+            if busy:
+                self.log.info(
+                    "Not deleting %s yet: servers %s still active", user.name, sorted(busy)
+                )
+            return
+        await maybe_future(authenticator.delete_user(user))
+        await user.delete_spawners()
+        self.users.delete(user)
+        self.log.info("Deleted anonymous user %s at logout", user.name)
+
+
+def _option(options, key):
+    value = (options or {}).get(key)
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if isinstance(value, bytes):
+        value = value.decode("utf8", "replace")
+    return value or ""
+
+
+class LaunchRouterHandler(SpawnHandler):
+    """``/hub/spawn`` for launch links: one browser, several servers.
+
+    Only a GET by an anonymous user whose query names a repository is
+    routed; everything else is JupyterHub's ``SpawnHandler``. When a server
+    of the user already runs the same repository and ref, the browser goes
+    there. Otherwise, when the default server is free, it is used; when it
+    is busy, the browser goes to a new named server
+    ``/hub/spawn/<user>/<slug>-<random>`` with the same query, or, without
+    named servers, gets a page saying what to do.
+    """
+
+    async def get(self, *args, **kwargs):
+        authenticator = _anonymous_authenticator(self)
+        user = self.current_user
+        repo = first_repo_param(self.request.query_arguments)
+        if (
+            authenticator is None
+            or user is None
+            or not repo
+            or not authenticator.is_anonymous(user)
+        ):
+            return await self._hub_get()
+        ref = _option(self.request.query_arguments, "ref") or _option(
+            self.request.query_arguments, "opt-ref"
+        )
+
+        for name, spawner in sorted(user.spawners.items()):
+            options = spawner.user_options or {}
+            if (
+                spawner.active
+                and _option(options, "repo") == repo
+                and _option(options, "ref") == ref
+            ):
+                self.log.info("%s already runs %s in server %r", user.name, safe_log(repo), name)
+                return self.redirect(self._spawn_url(user, name, with_query=False))
+
+        if not user.spawner.active:
+            return await self._hub_get()
+
+        if not self.allow_named_servers:
+            raise web.HTTPError(
+                409,
+                "This browser already has a Binder session running. "
+                "Stop it from the home page before launching another repository.",
+            )
+
+        active = [s for s in user.spawners.values() if s.active]
+        cap = authenticator.max_servers_per_user
+        if cap > 0 and len(active) >= cap:
+            raise web.HTTPError(
+                429,
+                f"You already have {len(active)} sessions running, the limit is {cap}. "
+                "Stop one from the home page and try again.",
+            )
+        await self._prune_stopped_servers(user)
+        name = self._new_server_name(user, repo)
+        self.log.info("Routing launch of %s by %s to server %r", safe_log(repo), user.name, name)
+        self.redirect(self._spawn_url(user, name, with_query=True))
+
+    async def _hub_get(self):
+        result = super().get()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _spawn_url(self, user, server_name, with_query):
+        url = url_path_join(self.hub.base_url, "spawn", user.escaped_name)
+        if server_name:
+            url = url_path_join(url, server_name)
+        if with_query and self.request.query:
+            url = url + "?" + self.request.query
+        return url
+
+    def _new_server_name(self, user, repo):
+        slug = repo_slug(repo, max_length=16) or "binder"
+        for _ in range(20):
+            name = f"{slug}-{random_suffix(5)}"
+            if name not in user.orm_spawners:
+                return name
+        raise web.HTTPError(500, "Could not pick a name for the new session.")
+
+    async def _prune_stopped_servers(self, user):
+        """Delete stopped named servers when the hub's per-user limit would refuse a new one.
+
+        ``JupyterHub.named_server_limit_per_user`` counts every named server
+        in the database, stopped or not; an anonymous user cannot restart a
+        finished Binder session anyway.
+        """
+        limit = await self.get_current_user_named_server_limit()
+        named = [name for name in user.orm_spawners if name]
+        if not limit or len(named) < limit:
+            return
+        for name in named:
+            spawner = user.spawners[name]
+            if spawner.active:
+                continue
+            self.log.info("Removing stopped server %r of %s", name, user.name)
+            await maybe_future(user._delete_spawner(spawner))
+            self.db.delete(spawner.orm_spawner)
+            user.spawners.pop(name, None)
+            self.db.commit()
