@@ -1,0 +1,435 @@
+"""Replay a Binder launch trace on a simulated cluster; compare placement strategies.
+
+    python benchmarks/placement.py --trace mybinder-launches-2019-03-04.jsonl.gz [--json] [--limit N]
+
+A discrete-event simulation (no real time passes): every launch of the trace
+becomes a user pod that is scheduled by the emulator's scheduler
+(``tests/k8s/scheduler.py``) with one of three strategies:
+
+- ``kube-default``: kube-scheduler's default profile;
+- ``z2jh-user-scheduler``: the zero-to-jupyterhub user-scheduler's weights;
+- ``binder``: ours, as a deployment runs it: the service's placement answer
+  (``binder_service/placement.py``: inventory from pods and node status,
+  capacity-aware rendezvous ranking) becomes preferred node-affinity terms
+  (``preferred_node_affinity``) on the pod, which the z2jh user-scheduler
+  weights then schedule.
+
+The cluster and workload model (:class:`Model`, printed with ``--json``):
+nodes with memory and pod capacity; every pod guarantees 1 GiB; image sizes
+from a deterministic log-normal model keyed by the repository; pulls at a
+fixed bandwidth, one at a time per node (the kubelet's default
+``serializeImagePulls: true``); an image cache per node with LRU eviction of
+images no running pod uses (the kubelet's image garbage collection);
+``node.status.images`` lists the 50 largest cached images, which is all the
+scheduler's ImageLocality and the service can see of a node's cache.
+Sessions: most end at the idle cull (some activity, then 10 minutes idle),
+a few run long, none beyond the 12-hour cap.
+
+Metrics per strategy: hit_rate (launches whose node had the image cached,
+of placed launches), pulls, gb_pulled, ttr_mean_s and ttr_p90_s (time to
+running: waiting for the node's pull queue, the pull, container start),
+refused (launches no node had room for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import heapq
+import json
+import math
+import random
+import re
+import sys
+import time
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from binder_service.placement import (  # noqa: E402
+    ImageInventory,
+    NodeRoom,
+    preferred_node_affinity,
+    rank_nodes,
+)
+from tests.k8s.scheduler import (  # noqa: E402
+    KUBE_DEFAULT,
+    Z2JH_USER_SCHEDULER,
+    NodeUsage,
+    schedule,
+)
+
+GB = 10**9
+GiB = 2**30
+STATUS_MAX_IMAGES = 50
+
+STRATEGIES = ("kube-default", "z2jh-user-scheduler", "binder")
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything the simulation assumes; reported with the results."""
+
+    nodes: int = 20
+    node_memory_gib: int = 64
+    node_cpu: int = 16
+    node_max_pods: int = 110
+    pod_memory_gib: int = 1
+    pull_mb_per_s: float = 100.0  # MB = 10**6 bytes
+    cache_gb: float = 100.0
+    container_start_s: float = 5.0
+    # Image size: log-normal, median and sigma of ln(size), clamped, drawn
+    # from sha256 of the launch spec without its ref (the repository).
+    image_median_gb: float = 2.0
+    image_sigma: float = 0.6
+    image_min_gb: float = 0.3
+    image_max_gb: float = 10.0
+    # Session length: with probability long_fraction uniform in
+    # [long_min_s, max_age_s]; otherwise exponential activity with mean
+    # activity_mean_s plus the idle cull timeout.
+    idle_cull_s: float = 600.0
+    activity_mean_s: float = 600.0
+    long_fraction: float = 0.05
+    long_min_s: float = 3600.0
+    max_age_s: float = 43200.0
+    # binder: how many nodes the placement answer names.
+    placement_nodes: int = 4
+    seed: int = 20190304
+
+    def describe(self) -> dict:
+        out = asdict(self)
+        out["image_size"] = (
+            "ln(size) ~ Normal(ln(median), sigma) with the quantile taken from sha256 "
+            "of provider/org/repo; clamped to [min, max]; one image per repository "
+            "and ref for the whole trace"
+        )
+        out["session_length"] = (
+            "long_fraction: uniform[long_min_s, max_age_s]; else idle_cull_s + "
+            "Exponential(mean activity_mean_s), capped at max_age_s; seeded per launch"
+        )
+        out["pulls"] = "size / pull bandwidth, one pull at a time per node"
+        out["time_to_running"] = "wait for the node's pull queue + pull + container_start_s"
+        return out
+
+
+@dataclass(frozen=True)
+class Launch:
+    t: float
+    repo: str
+    image: str
+    size: int
+    duration: float
+
+
+def _uniform(text: str) -> float:
+    digest = hashlib.sha256(text.encode()).digest()
+    return (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
+
+
+def image_size(repo: str, model: Model) -> int:
+    z = NormalDist().inv_cdf(_uniform(repo))
+    gb = model.image_median_gb * math.exp(model.image_sigma * z)
+    return int(min(max(gb, model.image_min_gb), model.image_max_gb) * GB)
+
+
+def session_length(rng: random.Random, model: Model) -> float:
+    if rng.random() < model.long_fraction:
+        return rng.uniform(model.long_min_s, model.max_age_s)
+    return min(model.idle_cull_s + rng.expovariate(1 / model.activity_mean_s), model.max_age_s)
+
+
+def _image_name(provider: str, spec: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", f"{provider}-{spec}".lower()).strip("-")[:60]
+    tag = hashlib.sha256(f"{provider}/{spec}".encode()).hexdigest()[:12]
+    return f"registry.example.org/binder/r2d-{slug}:{tag}"
+
+
+def load_trace(path, model: Model, limit: int | None = None) -> list[Launch]:
+    """Launches of a trace file (JSON lines ``{"t", "provider", "spec"}``, gzip or not).
+
+    Timestamps have minute resolution: launches of one minute are spread
+    evenly over it, in file order.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    rows = []
+    with opener(path, "rt") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+                if limit and len(rows) >= limit:
+                    break
+    per_minute = Counter(int(r["t"]) for r in rows)
+    seen: Counter = Counter()
+    rng = random.Random(model.seed)
+    launches = []
+    for row in rows:
+        t = int(row["t"])
+        offset = 60 * seen[t] / per_minute[t]
+        seen[t] += 1
+        provider, spec = row.get("provider", ""), row["spec"]
+        repo = f"{provider}/{spec.rsplit('/', 1)[0] if '/' in spec else spec}"
+        launches.append(
+            Launch(
+                t=t + offset,
+                repo=repo,
+                image=_image_name(provider, spec),
+                size=image_size(repo, model),
+                duration=session_length(rng, model),
+            )
+        )
+    launches.sort(key=lambda launch: launch.t)
+    return launches
+
+
+@dataclass
+class SimNode:
+    name: str
+    manifest: dict
+    usage: NodeUsage = field(default_factory=NodeUsage)
+    cache: OrderedDict = field(default_factory=OrderedDict)  # image -> size, LRU first
+    cached_bytes: int = 0
+    in_use: Counter = field(default_factory=Counter)
+    pulling: dict = field(default_factory=dict)  # image -> done time
+    pull_free_at: float = 0.0
+    reported: frozenset = frozenset()
+
+
+class Simulation:
+    """One strategy's replay of the launches."""
+
+    def __init__(self, strategy: str, model: Model):
+        self.strategy = strategy
+        self.model = model
+        self.profile = KUBE_DEFAULT if strategy == "kube-default" else Z2JH_USER_SCHEDULER
+        self.rng = random.Random(model.seed)
+        self.nodes = [self._node(i) for i in range(model.nodes)]
+        self.by_name = {n.name: n for n in self.nodes}
+        self.manifests = [n.manifest for n in self.nodes]
+        self.usages = {n.name: n.usage for n in self.nodes}
+        # The scheduler cache's image states, kept in step with status.images.
+        self.states: dict[str, tuple[int, int]] = {}
+        self.inventory = ImageInventory(max_age=model.max_age_s * 2)
+        self.events: list = []
+        self.seq = 0
+        self.hits = self.pulls = self.refused = 0
+        self.bytes_pulled = 0
+        self.ttrs: list[float] = []
+        self.pod_memory = model.pod_memory_gib * GiB
+        self.memory = model.node_memory_gib * GiB
+
+    def _node(self, i: int) -> SimNode:
+        name = f"node-{i:02d}"
+        manifest = {
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "spec": {},
+            "status": {
+                "allocatable": {
+                    "cpu": str(self.model.node_cpu),
+                    "memory": f"{self.model.node_memory_gib}Gi",
+                    "pods": str(self.model.node_max_pods),
+                },
+                "images": [],
+            },
+        }
+        return SimNode(name=name, manifest=manifest)
+
+    def _push(self, when: float, kind: str, payload) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (when, self.seq, kind, payload))
+
+    def _advance(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now:
+            when, _, kind, payload = heapq.heappop(self.events)
+            if kind == "pulled":
+                self._pulled(when, *payload)
+            else:
+                self._ended(when, *payload)
+
+    def _report(self, node: SimNode, now: float) -> None:
+        """Refresh node.status.images (50 largest) and what the scheduler sees."""
+        largest = sorted(node.cache.items(), key=lambda item: (-item[1], item[0]))
+        largest = largest[:STATUS_MAX_IMAGES]
+        node.manifest["status"]["images"] = [
+            {"names": [image], "sizeBytes": size} for image, size in largest
+        ]
+        reported = frozenset(image for image, _ in largest)
+        for image in node.reported - reported:
+            size, count = self.states[image]
+            if count == 1:
+                del self.states[image]
+            else:
+                self.states[image] = (size, count - 1)
+        for image in reported - node.reported:
+            size, count = self.states.get(image, (node.cache[image], 0))
+            self.states[image] = (size, count + 1)
+        node.reported = reported
+        if self.strategy == "binder":
+            self.inventory.set_node_images(node.name, node.manifest["status"]["images"], now)
+
+    def _pulled(self, now: float, node: SimNode, image: str, size: int) -> None:
+        del node.pulling[image]
+        limit = self.model.cache_gb * GB
+        # Image garbage collection: least recently used images no pod uses.
+        for old in list(node.cache):
+            if node.cached_bytes + size <= limit:
+                break
+            if node.in_use[old] == 0:
+                node.cached_bytes -= node.cache.pop(old)
+        node.cache[image] = size
+        node.cached_bytes += size
+        self._report(node, now)
+
+    def _ended(self, now: float, node: SimNode, pod: dict, image: str) -> None:
+        node.usage.remove(pod)
+        node.in_use[image] -= 1
+        if image in node.cache:
+            node.cache.move_to_end(image)
+
+    def _pod(self, launch: Launch) -> dict:
+        memory = f"{self.model.pod_memory_gib}Gi"
+        pod = {
+            "metadata": {"name": "jupyter-x"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "notebook",
+                        "image": launch.image,
+                        "resources": {"requests": {"memory": memory}, "limits": {"memory": memory}},
+                    }
+                ]
+            },
+        }
+        if self.strategy == "binder":
+            rooms = {
+                n.name: NodeRoom(
+                    n.name,
+                    self.memory - n.usage.requested.get("memory", 0),
+                    self.model.node_max_pods - n.usage.pods,
+                )
+                for n in self.nodes
+            }
+            answer = rank_nodes(
+                launch.image,
+                rooms,
+                self.inventory.holders(launch.image, launch.t),
+                pod_memory=self.pod_memory,
+                max_nodes=self.model.placement_nodes,
+            )
+            if answer:
+                pod["spec"]["affinity"] = {
+                    "nodeAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": preferred_node_affinity(
+                            answer
+                        )
+                    }
+                }
+        return pod
+
+    def launch(self, launch: Launch) -> None:
+        self._advance(launch.t)
+        pod = self._pod(launch)
+        name, _ = schedule(
+            pod, self.manifests, self.usages, self.profile, rng=self.rng, states=self.states
+        )
+        if name is None:
+            self.refused += 1
+            return
+        node = self.by_name[name]
+        node.usage.add(pod)
+        node.in_use[launch.image] += 1
+        image = launch.image
+        if image in node.cache:
+            self.hits += 1
+            node.cache.move_to_end(image)
+            ready = launch.t
+        elif image in node.pulling:
+            ready = node.pulling[image]
+        else:
+            start = max(launch.t, node.pull_free_at)
+            ready = start + launch.size / (self.model.pull_mb_per_s * 10**6)
+            node.pull_free_at = ready
+            node.pulling[image] = ready
+            self.pulls += 1
+            self.bytes_pulled += launch.size
+            self._push(ready, "pulled", (node, image, launch.size))
+        ready += self.model.container_start_s
+        self.ttrs.append(ready - launch.t)
+        if self.strategy == "binder":
+            self.inventory.record(image, name, launch.t)
+        self._push(ready + launch.duration, "ended", (node, pod, image))
+
+    def result(self) -> dict:
+        ttrs = sorted(self.ttrs)
+        placed = len(ttrs)
+        return {
+            "launches": placed + self.refused,
+            "hit_rate": round(self.hits / placed, 4) if placed else 0.0,
+            "pulls": self.pulls,
+            "gb_pulled": round(self.bytes_pulled / GB, 1),
+            "ttr_mean_s": round(sum(ttrs) / placed, 1) if placed else 0.0,
+            "ttr_p90_s": round(_percentile(ttrs, 0.9), 1) if placed else 0.0,
+            "refused": self.refused,
+        }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of a sorted list."""
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+def run(launches: list[Launch], model: Model, strategies=STRATEGIES) -> dict:
+    results = {}
+    for strategy in strategies:
+        started = time.perf_counter()
+        sim = Simulation(strategy, model)
+        for launch in launches:
+            sim.launch(launch)
+        results[strategy] = sim.result()
+        results[strategy]["wall_s"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def table(results: dict) -> str:
+    keys = ["hit_rate", "pulls", "gb_pulled", "ttr_mean_s", "ttr_p90_s", "refused", "wall_s"]
+    lines = [f"{'strategy':<22}" + "".join(f"{k:>12}" for k in keys)]
+    for strategy, row in results.items():
+        lines.append(f"{strategy:<22}" + "".join(f"{row[k]:>12}" for k in keys))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", required=True, help="launch trace, JSON lines (.gz or plain)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--limit", type=int, default=None, help="replay only the first N launches")
+    parser.add_argument("--nodes", type=int, default=Model.nodes, help="number of nodes")
+    parser.add_argument(
+        "--strategy", action="append", choices=STRATEGIES, help="run only these (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    model = Model(nodes=args.nodes)
+    launches = load_trace(args.trace, model, args.limit)
+    results = run(launches, model, args.strategy or STRATEGIES)
+    if args.json:
+        print(json.dumps({"strategies": results, "model": model.describe()}, indent=1))
+    else:
+        print(f"{len(launches)} launches, {model.nodes} nodes")
+        print(table(results))
+        baselines = [results[s] for s in ("kube-default", "z2jh-user-scheduler") if s in results]
+        if "binder" in results and baselines:
+            best = min(baselines, key=lambda r: r["gb_pulled"])
+            ours = results["binder"]
+            saved = 1 - ours["gb_pulled"] / best["gb_pulled"] if best["gb_pulled"] else 0.0
+            print(
+                f"binder pulls {saved:.0%} fewer GB than the better baseline; "
+                f"p90 time to running {ours['ttr_p90_s']} s vs {best['ttr_p90_s']} s"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
