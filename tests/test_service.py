@@ -1,0 +1,500 @@
+"""binder_service against a real hub that starts it as a managed service.
+
+One hub for the module; the service runs as the hub's subprocess, so its
+clock is moved through its ``clock_offset_file`` (tests/ writes the file).
+The tests run in order: culling moves the clock forward for good.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlparse
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from .hub import start_hub
+from .utils import free_port, poll
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PER_REPO_LIMIT = 2
+TTL = 300
+REPO_URL = "https://github.com/binder-examples/limited"
+
+
+class ServiceHub:
+    """The hub, the service's URL and helpers shared by the tests."""
+
+    def __init__(self, hub, service_url, offset_file, events_file):
+        self.hub = hub
+        self.service_url = service_url
+        self.offset_file = offset_file
+        self.events_file = events_file
+        self.offset = 0
+
+    def move_clock(self, seconds):
+        self.offset += seconds
+        self.offset_file.write_text(str(self.offset))
+
+    async def service(self, method, path, *, token=None, json_body=None, direct=True):
+        base = self.service_url if direct else self.hub.url + "/services/binder/"
+        headers = {"Authorization": f"token {token}"} if token else {}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(
+                method, base + path, headers=headers, json=json_body, allow_redirects=False
+            ) as resp:
+                text = await resp.text()
+                try:
+                    body = json.loads(text) if text else None
+                except ValueError:
+                    body = text
+                return resp.status, body, resp.headers
+
+    async def user(self, name, *, groups=(), admin=False):
+        status, _ = await self.hub.api("POST", f"/users/{name}", json={"admin": admin})
+        assert status == 201, status
+        for group in groups:
+            status, _ = await self.hub.api("POST", f"/groups/{group}/users", json={"users": [name]})
+            assert status == 200, status
+        status, body = await self.hub.api(
+            "POST", f"/users/{name}/tokens", json={"note": "test", "expires_in": 3600}
+        )
+        assert status in (200, 201), (status, body)
+        return body["token"]
+
+    async def start_server(self, name, server="", repo=REPO_URL, ref="main"):
+        path = f"/users/{name}/servers/{server}" if server else f"/users/{name}/server"
+        status, body = await self.hub.api("POST", path, json={"repo": repo, "ref": ref})
+        assert status in (201, 202), (status, body)
+
+    async def servers(self, name):
+        status, body = await self.hub.api("GET", f"/users/{name}")
+        if status == 404:
+            return None
+        return body["servers"]
+
+    async def ready(self, name, server=""):
+        async def is_ready():
+            servers = await self.servers(name)
+            return servers and server in servers and servers[server]["ready"]
+
+        await poll(is_ready, timeout=30, message=f"{name}/{server} to be ready")
+
+    async def usage(self):
+        status, body, _ = await self.service("GET", "api/usage", token=self.hub.token)
+        assert status == 200, body
+        return body
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("service-hub")
+    offset_file = directory / "clock-offset"
+    offset_file.write_text("0")
+    events_file = directory / "launches.jsonl"
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "binder_service",
+        f"--per-repo-limit={PER_REPO_LIMIT}",
+        f"--reservation-ttl={TTL}",
+        "--reconcile-every=0.3",
+        "--cull-every=0.3",
+        "--timeout=600",
+        "--max-age=900",
+        f"--clock-offset-file={offset_file}",
+        f"--launch-events-file={events_file}",
+        "--debug",
+    ]
+    config = f"""
+    import sys
+    sys.path.insert(0, {str(directory.parent)!r})
+    c.JupyterHub.spawner_class = "tests.service_spawner.HTTPServerSpawner"
+    c.HTTPServerSpawner.start_delay = 1.0
+    c.HTTPServerSpawner.home_dir_template = {str(directory / "home-{username}")!r}
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.authenticator_class = "null"
+    c.JupyterHub.services.append(
+        {{"name": "binder", "url": "http://127.0.0.1:{port}", "command": {command!r}}}
+    )
+    c.JupyterHub.load_roles.append(
+        {{
+            "name": "binder-service",
+            "scopes": [
+                "list:users",
+                "read:users:activity",
+                "read:servers",
+                "delete:servers",
+                "admin:users",
+                "read:groups",
+            ],
+            "services": ["binder"],
+        }}
+    )
+    """
+    hub = await start_hub(directory / "hub", textwrap.dedent(config))
+    env = ServiceHub(hub, f"http://127.0.0.1:{port}/services/binder/", offset_file, events_file)
+    failed = []
+    try:
+
+        async def service_up():
+            with contextlib.suppress(aiohttp.ClientError):
+                status, _, _ = await env.service("GET", "health")
+                return status == 200
+
+        await poll(service_up, timeout=30, message="binder_service to answer")
+        status, _ = await hub.api("POST", "/groups/binder-anonymous")
+        assert status == 201
+        env.failed = failed
+        yield env
+    finally:
+        await hub.stop()
+        if failed:
+            sys.stderr.write(f"\n===== hub log =====\n{hub.log()[-30000:]}\n")
+
+
+@pytest.fixture(autouse=True)
+def dump_on_failure(request, env):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or rep.failed:
+        env.failed.append(request.node.name)
+
+
+async def test_health_badges_metrics(env):
+    status, body, _ = await env.service("GET", "health")
+    assert status == 200 and body["ok"] is True
+    assert body["checks"] == [{"service": "hub", "ok": True}]
+    for name in ("badge.svg", "badge_logo.svg"):
+        async with aiohttp.ClientSession() as session:
+            # through the proxy: the form badges use
+            async with session.get(env.hub.url + "/services/binder/" + name) as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"] == "image/svg+xml"
+                text = await resp.text()
+        assert text.lstrip().startswith("<svg") and "binder" in text
+    status, text, headers = await env.service("GET", "metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    for name in (
+        "binderhub_launch_count",
+        "binderhub_launch_time_seconds",
+        "binderhub_inprogress_launches",
+        "binder_service_slots_in_use",
+        "binder_service_limit_rejections",
+        "binder_service_culled_servers",
+    ):
+        assert name in text
+
+
+@pytest.mark.parametrize(
+    "path, repo, ref, urlpath",
+    [
+        pytest.param(
+            "v2/gh/binder-examples/requirements/main?urlpath=lab",
+            "https://github.com/binder-examples/requirements",
+            "main",
+            "lab",
+            id="gh",
+        ),
+        pytest.param(
+            "v2/gl/group/sub/project/v1.0?labpath=index.ipynb",
+            "https://gitlab.com/group/sub/project",
+            "v1.0",
+            "lab/tree/index.ipynb",
+            id="gl",
+        ),
+        pytest.param(
+            "v2/git/https%3A%2F%2Fcodeberg.org%2Fo%2Fr.git/HEAD",
+            "https://codeberg.org/o/r.git",
+            "HEAD",
+            None,
+            id="git",
+        ),
+        pytest.param(
+            "v2/gist/someone/0123456789abcdef/master?filepath=a.py",
+            "https://gist.github.com/someone/0123456789abcdef",
+            "master",
+            "tree/a.py",
+            id="gist",
+        ),
+    ],
+)
+async def test_launch_redirects(env, path, repo, ref, urlpath):
+    status, _, headers = await env.service("GET", path, direct=False)
+    assert status == 302, status
+    location = urlparse(headers["Location"])
+    assert location.path == "/hub/spawn"
+    query = parse_qs(location.query)
+    assert query["repo"] == [repo]
+    assert query["ref"] == [ref]
+    assert query.get("urlpath") == ([urlpath] if urlpath else None)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("v2/xx/org/repo/main", id="unknown-provider"),
+        pytest.param("v2/gh/org", id="incomplete"),
+    ],
+)
+async def test_launch_rejects_bad_specs(env, path):
+    status, body, _ = await env.service("GET", path, direct=False)
+    assert 400 <= status < 500
+    assert isinstance(body, str) and body.strip()
+
+
+async def test_reservations_at_the_limit(env):
+    tokens = {name: await env.user(name) for name in ("lim1", "lim2", "lim3")}
+    await env.start_server("lim1")
+    await env.start_server("lim2")
+    await env.ready("lim1")
+    await env.ready("lim2")
+
+    async def counted():
+        repos = (await env.usage())["repos"]
+        return len(repos) == 1 and list(repos.values()) == [PER_REPO_LIMIT] and repos
+
+    repos = await poll(counted, message="both servers counted")
+    (repo_key,) = repos
+    # the spawner of a running server renews its reservation: idempotent, same id
+    first = await env.service(
+        "POST",
+        "api/reservations",
+        token=tokens["lim1"],
+        json_body={"user": "lim1", "server": "", "repo": repo_key},
+    )
+    again = await env.service(
+        "POST",
+        "api/reservations",
+        token=tokens["lim1"],
+        json_body={"user": "lim1", "server": "", "repo": repo_key},
+    )
+    assert first[0] in (200, 201) and again[0] == 200
+    assert first[1]["id"] == again[1]["id"]
+    assert (await env.usage())["repos"] == {repo_key: PER_REPO_LIMIT}
+
+    # a third server of the same repository is refused
+    await env.start_server("lim3")
+    status, body, headers = await env.service(
+        "POST",
+        "api/reservations",
+        token=tokens["lim3"],
+        json_body={"user": "lim3", "server": "", "repo": repo_key},
+    )
+    assert status == 429, body
+    assert int(headers["Retry-After"]) == body["retry_after"] > 0
+    assert body["limit"] == PER_REPO_LIMIT and body["usage"] == PER_REPO_LIMIT
+    assert repo_key in body["message"] and "limit" in body["message"]
+    # lim3's server runs anyway in this test (no spawner asked); stop it
+    status, _ = await env.hub.api("DELETE", "/users/lim3/server")
+    assert status in (202, 204)
+
+    # 12 concurrent reservations (admin token, no servers) for one repository: exactly 2 admitted
+    results = await asyncio.gather(
+        *(
+            env.service(
+                "POST",
+                "api/reservations",
+                token=env.hub.token,
+                json_body={"user": f"burst{i}", "server": "", "repo": "gh/org/burst"},
+            )
+            for i in range(12)
+        )
+    )
+    statuses = sorted(r[0] for r in results)
+    assert statuses.count(201) == PER_REPO_LIMIT and statuses.count(429) == 12 - PER_REPO_LIMIT
+    assert (await env.usage())["repos"]["gh/org/burst"] == PER_REPO_LIMIT
+
+
+async def test_reservations_belong_to_their_user(env):
+    mine, other = await env.user("owner"), await env.user("intruder")
+    await env.start_server("owner", repo="https://github.com/binder-examples/owned")
+    await env.ready("owner")
+    status, reservation, _ = await env.service(
+        "POST",
+        "api/reservations",
+        token=mine,
+        json_body={"user": "owner", "server": "", "repo": "gh/binder-examples/owned"},
+    )
+    assert status in (200, 201), reservation
+    # someone else can neither release it nor reserve in the owner's name
+    status, body, _ = await env.service(
+        "DELETE", f"api/reservations/{reservation['id']}", token=other
+    )
+    assert status == 403, body
+    status, body, _ = await env.service(
+        "POST",
+        "api/reservations",
+        token=other,
+        json_body={"user": "owner", "server": "x", "repo": "gh/a/b"},
+    )
+    assert status == 403, body
+    # no token, or a made-up one
+    for token in (None, "not-a-token"):
+        status, _, _ = await env.service("GET", "api/usage", token=token)
+        assert status == 403
+    # a user can only reserve for a server that is actually starting or running
+    status, body, _ = await env.service(
+        "POST",
+        "api/reservations",
+        token=other,
+        json_body={"user": "intruder", "server": "ghost", "repo": "gh/a/b"},
+    )
+    assert status == 409, body
+    # the owner can release it
+    status, _, _ = await env.service("DELETE", f"api/reservations/{reservation['id']}", token=mine)
+    assert status == 204
+    status, _ = await env.hub.api("DELETE", "/users/owner/server")
+    assert status in (202, 204)
+
+
+async def test_launch_events(env):
+    async def event():
+        if not env.events_file.exists():
+            return None
+        lines = [json.loads(line) for line in env.events_file.read_text().splitlines()]
+        return [e for e in lines if e["spec"] == "binder-examples/limited/main"] or None
+
+    events = await poll(event, message="a launch event")
+    assert events[0]["schema"] == "binderhub.jupyter.org/launch"
+    assert events[0]["provider"] == "GitHub"
+    assert events[0]["status"] == "success"
+    assert set(events[0]) == {
+        "timestamp",
+        "schema",
+        "version",
+        "provider",
+        "spec",
+        "ref",
+        "status",
+        "origin",
+    }
+    text = env.events_file.read_text()
+    assert "lim1" not in text and "127.0.0.1" not in text
+
+
+async def test_restart_keeps_counts(env):
+    """Kill the service; the hub restarts it; it counts the same servers again."""
+    before = await env.usage()
+    pid = service_pid(env)
+    os.kill(pid, signal.SIGKILL)
+
+    async def restarted():
+        new = service_pid(env, missing_ok=True)
+        if not new or new == pid:
+            return False
+        with contextlib.suppress(aiohttp.ClientError):
+            status, _, _ = await env.service("GET", "health")
+            return status == 200
+
+    # the hub notices a dead service at its next poll (30 s, JupyterHub's default)
+    await poll(restarted, timeout=90, interval=0.2, message="the hub to restart binder_service")
+    after = await poll(
+        lambda: _usage_with_servers(env), message="counts rebuilt from the hub's servers"
+    )
+    # the running servers are counted again; the burst reservations never got a
+    # server, so they are not (no leak); the repository is still full (no overshoot)
+    running = {k: v for k, v in before["repos"].items() if k != "gh/org/burst"}
+    assert after["repos"] == running
+    repo_key = next(k for k in running if k.endswith("limited"))
+    status, body, _ = await env.service(
+        "POST",
+        "api/reservations",
+        token=env.hub.token,
+        json_body={"user": "late", "server": "", "repo": repo_key},
+    )
+    assert status == 429, body
+
+
+async def _usage_with_servers(env):
+    with contextlib.suppress(aiohttp.ClientError):
+        usage = await env.usage()
+        return usage if usage["total"] else None
+
+
+def service_pid(env, missing_ok=False):
+    needle = str(env.offset_file).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"binder_service" in cmdline and needle in cmdline:
+            return int(entry)
+    if missing_ok:
+        return None
+    raise AssertionError("binder_service process not found")
+
+
+async def test_culling(env):
+    anon = await env.user("anon-idle", groups=["binder-anonymous"])
+    del anon
+    await env.user("anon-old", groups=["binder-anonymous"])
+    await env.user("anon-none", groups=["binder-anonymous"])
+    await env.user("root-admin", admin=True)
+    await env.user("registered")
+    for name in ("anon-idle", "anon-old", "root-admin", "registered"):
+        await env.start_server(name, repo="https://github.com/binder-examples/cull")
+    for name in ("anon-idle", "anon-old", "root-admin", "registered"):
+        await env.ready(name)
+
+    async def activity(name, offset):
+        when = datetime.now(timezone.utc) + timedelta(seconds=offset)
+        stamp = when.isoformat().replace("+00:00", "Z")
+        status, _ = await env.hub.api(
+            "POST",
+            f"/users/{name}/activity",
+            json={"last_activity": stamp, "servers": {"": {"last_activity": stamp}}},
+        )
+        assert status == 200
+
+    # 11 minutes later, anon-old was active a moment ago: only anon-idle is idle
+    await activity("anon-old", 660)
+    env.move_clock(660)
+
+    async def gone(name):
+        return await env.servers(name) is None
+
+    await poll(lambda: gone("anon-idle"), message="anon-idle culled and deleted")
+    await poll(lambda: gone("anon-none"), message="anon-none (no server) deleted")
+    assert "" in await env.servers("anon-old")
+    # 16 minutes after the start, anon-old is active but older than max_age (900 s)
+    await activity("anon-old", 960)
+    env.move_clock(300)
+    await poll(lambda: gone("anon-old"), message="anon-old culled at max_age and deleted")
+    # admins and registered users are spared by default
+    assert "" in await env.servers("root-admin")
+    assert "" in await env.servers("registered")
+    status, text, _ = await env.service("GET", "metrics")
+    assert 'binder_service_culled_servers_total{reason="idle"}' in text
+    assert 'binder_service_culled_servers_total{reason="max_age"}' in text
+    assert "anon-idle" not in text and "registered" not in text
+
+
+async def test_reservation_expiry(env):
+    # a reservation whose server never appears (the spawn never started) expires
+    status, body, _ = await env.service(
+        "POST",
+        "api/reservations",
+        token=env.hub.token,
+        json_body={"user": "never", "server": "", "repo": "gh/org/expiring"},
+    )
+    assert status == 201, body
+    assert (await env.usage())["repos"]["gh/org/expiring"] == 1
+    env.move_clock(TTL + 1)
+    await poll(lambda: _repo_gone(env, "gh/org/expiring"), message="the reservation to expire")
+
+
+async def _repo_gone(env, repo):
+    return repo not in (await env.usage())["repos"]
