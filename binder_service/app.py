@@ -378,17 +378,24 @@ class BinderService(Application):
     # authentication ------------------------------------------------------
 
     async def authenticate(self, token):
-        """The hub's model of ``token``'s owner, cached ``token_cache_ttl`` seconds; None if invalid."""
+        """The hub's model of ``token``'s owner, cached ``token_cache_ttl`` seconds; None if invalid.
+
+        Concurrent requests with the same token share one hub lookup.
+        """
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         cached = self._tokens.get(key)
         if cached and cached[1] > now:
-            return cached[0]
-        identity = await self.hub.whoami(token)
+            return await asyncio.shield(cached[0])
         if len(self._tokens) > 10000:
             self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
-        self._tokens[key] = (identity, now + self.token_cache_ttl)
-        return identity
+        lookup = asyncio.ensure_future(self.hub.whoami(token))
+        self._tokens[key] = (lookup, now + self.token_cache_ttl)
+        try:
+            return await asyncio.shield(lookup)
+        except Exception:
+            self._tokens.pop(key, None)
+            raise
 
     # limits --------------------------------------------------------------
 
@@ -441,7 +448,8 @@ class BinderService(Application):
         self.metrics.slots.set(len(self.store))
         return slot
 
-    def usage(self):
+    async def usage(self):
+        await self._synced.wait()
         expired = self.store.expire(self.clock())
         if expired:
             self.metrics.expired.inc(len(expired))

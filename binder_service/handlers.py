@@ -137,7 +137,7 @@ class UsageHandler(BaseHandler):
     async def get(self):
         await self.identity()
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(self.service.usage()))
+        self.finish(json.dumps(await self.service.usage()))
 
 
 class PlacementHandler(BaseHandler):

@@ -8,8 +8,8 @@ while, as a build would.
 import asyncio
 import sys
 
-from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Float, default
+from jupyterhub.spawner import SimpleLocalProcessSpawner, Spawner
+from traitlets import Bool, Float, Unicode, default
 
 
 class HTTPServerSpawner(SimpleLocalProcessSpawner):
@@ -28,3 +28,34 @@ class HTTPServerSpawner(SimpleLocalProcessSpawner):
         if self.start_delay:
             await asyncio.sleep(self.start_delay)
         return await super().start()
+
+
+class SharedServerSpawner(Spawner):
+    """Every server is the same already-running HTTP server at ``shared_url``.
+
+    For benchmarks with thousands of servers: the hub starts, routes, tracks
+    and stops each one as usual, but no process is started per server.
+    """
+
+    shared_url = Unicode(config=True, help="URL of the HTTP server every server points at.")
+
+    _running = Bool(False)
+
+    async def start(self):
+        self._running = True
+        return self.shared_url
+
+    async def stop(self, now=False):
+        self._running = False
+
+    async def poll(self):
+        return None if self._running else 0
+
+    def get_state(self):
+        state = super().get_state()
+        state["running"] = self._running
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._running = state.get("running", False)
