@@ -7,6 +7,7 @@ import pytest
 # Fixtures every test can use: git over smart HTTP and an OCI registry, on loopback.
 from .gitserver import git_server, module_git_server  # noqa: F401
 from .hub import start_hub
+from .k8s.fixtures import k8s_cluster, k8s_cluster_factory  # noqa: F401
 from .registry import registry, registry_auth, registry_token  # noqa: F401
 
 

@@ -67,7 +67,7 @@ def _resolve(doc, parts, path):
                     422,
                     "Invalid",
                     f"the server rejected our request due to an error in our request: {path}",
-                )
+                ) from None
         elif isinstance(doc, dict) and part in doc:
             doc = doc[part]
         else:
@@ -104,7 +104,7 @@ def _remove(doc, parts, path):
     except (KeyError, IndexError, ValueError):
         raise ApiError(
             422, "Invalid", f"the server rejected our request: path {path!r} does not exist"
-        )
+        ) from None
 
 
 def json_patch(doc, operations):

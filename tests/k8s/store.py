@@ -212,7 +212,7 @@ class Store:
         except KeyError:
             raise ApiError(
                 404, "NotFound", f"the server could not find the requested resource ({resource})"
-            )
+            ) from None
 
     def _key(self, rt, namespace, name):
         return (namespace or "" if rt.namespaced else "", name)
@@ -328,7 +328,7 @@ class Store:
             try:
                 since = int(resource_version)
             except ValueError:
-                raise errors.bad_request(f"invalid resource version {resource_version!r}")
+                raise errors.bad_request(f"invalid resource version {resource_version!r}") from None
             if since < self._compacted_rv:
                 raise errors.gone(f"too old resource version: {since} ({self._compacted_rv + 1})")
             for change in self._history:
@@ -445,6 +445,46 @@ class Store:
         ):
             raise errors.conflict(rt.plural, name, rt.group)
         return self._replace(rt, current, patched, subresource)
+
+    def bind(self, namespace, name, node_name, uid=None):
+        """``pods/{name}/binding``: set ``spec.nodeName`` of an unbound pod (the scheduler's call).
+
+        Like pkg/registry/core/pod/storage/storage.go (v1.30) assignPod: 409 when
+        the pod is already bound or being deleted, and the PodScheduled
+        condition becomes True.
+        """
+        rt = RESOURCES["pods"]
+        current = self._internal(rt, namespace, name)
+        meta = current["metadata"]
+        bound = current.get("spec", {}).get("nodeName")
+        if bound or meta.get("deletionTimestamp") or (uid and meta.get("uid") != uid):
+            why = f'is already assigned to node "{bound}"' if bound else "is being deleted"
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on pods/binding "{name}": pod {name} {why}',
+                details={"name": name, "kind": "pods/binding"},
+            )
+        new = clone(current)
+        new["spec"]["nodeName"] = node_name
+        conditions = [
+            c
+            for c in new.setdefault("status", {}).get("conditions") or []
+            if c.get("type") != "PodScheduled"
+        ]
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "True",
+                "lastProbeTime": None,
+                "lastTransitionTime": timestamp(),
+            }
+        )
+        new["status"]["conditions"] = conditions
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self._objects[rt.plural][self._key(rt, namespace, name)] = new
+        self._notify(rt, MODIFIED, new, current)
+        return clone(new)
 
     def _replace(self, rt, current, new, subresource):
         if subresource not in (None, "status"):

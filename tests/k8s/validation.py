@@ -1,0 +1,163 @@
+"""Validation of every object the emulator stores, so nothing passes here that a cluster rejects.
+
+Two layers, both answering 422 ``Invalid`` with the API server's wording:
+
+- the OpenAPI schema of one Kubernetes version, strict (no unknown fields), from
+  the ``kubernetes-validate`` package: the same check as
+  ``kubernetes_validate.validate(obj, version, strict=True)``, with the compiled
+  schema cached per kind (the package re-reads its files on every call);
+- the format rules the schema cannot express and clients most often get wrong:
+  object names (DNS-1123 subdomain or label), label keys and values, container
+  names (pkg/apis/core/validation/validation.go, v1.30).
+"""
+
+import functools
+import re
+
+import jsonschema
+import kubernetes_validate
+import referencing
+from kubernetes_validate import utils as kv_utils
+
+from .errors import invalid
+
+DEFAULT_VERSION = "1.30"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+# resources whose names must be DNS-1123 labels rather than subdomains
+_LABEL_NAMED = {"namespaces", "services"}
+# RBAC objects only need a valid path segment
+_PATH_SEGMENT_NAMED = {"roles", "rolebindings", "clusterroles", "clusterrolebindings"}
+
+
+def _schema_version(version):
+    wanted = kv_utils.major_minor(version)
+    return [v for v in kv_utils.all_versions() if kv_utils.major_minor(v) <= wanted][-1]
+
+
+@functools.cache
+def _validator(kind, api_version, version):
+    """A compiled strict schema validator for one kind, or None if the package has no schema."""
+    schema_version = _schema_version(version)
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    directory = f"kubernetes-json-schema/v{schema_version}-local-strict"
+    try:
+        schema = kv_utils.schema_contents(
+            f"{directory}/{kind.lower()}-{group_version}.json", version
+        )
+    except FileNotFoundError:
+        return None
+    definitions = kv_utils.schema_contents(f"{directory}/_definitions.json", version)
+    registry = referencing.Resource.from_contents(schema) @ referencing.Registry()
+    registry = referencing.Resource.from_contents(definitions) @ registry
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def _name_errors(plural, name):
+    if plural in _PATH_SEGMENT_NAMED:
+        if name in (".", "..") or "/" in name or "%" in name:
+            return [("metadata.name", f'Invalid value: "{name}": may not contain "/" or "%"')]
+        return []
+    if plural in _LABEL_NAMED:
+        if len(name) > 63 or not _DNS_LABEL.match(name):
+            return [
+                (
+                    "metadata.name",
+                    f'Invalid value: "{name}": a lowercase RFC 1123 label must consist of lower case alphanumeric '
+                    "characters or '-', and must start and end with an alphanumeric character",
+                )
+            ]
+        return []
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        return [
+            (
+                "metadata.name",
+                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric '
+                "characters, '-' or '.', and must start and end with an alphanumeric character",
+            )
+        ]
+    return []
+
+
+def _label_errors(labels):
+    causes = []
+    for key, value in (labels or {}).items():
+        prefix, _, name = key.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or (
+            len(name) > 63 or not _QUALIFIED_NAME.match(name)
+        ):
+            causes.append(
+                (
+                    "metadata.labels",
+                    f'Invalid value: "{key}": name part must consist of alphanumeric characters, '
+                    "'-', '_' or '.', and must start and end with an alphanumeric character",
+                )
+            )
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            causes.append(
+                (
+                    "metadata.labels",
+                    f'Invalid value: "{value}": a valid label must be an empty string or consist of alphanumeric '
+                    "characters, '-', '_' or '.', and must start and end with an alphanumeric character "
+                    "(max 63 characters)",
+                )
+            )
+    return causes
+
+
+def _pod_errors(obj):
+    causes = []
+    spec = obj.get("spec") or {}
+    containers = spec.get("containers") or []
+    if not containers:
+        causes.append(("spec.containers", "Required value"))
+    seen = set()
+    for field in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(field) or []):
+            name = c.get("name", "")
+            if len(name) > 63 or not _DNS_LABEL.match(name):
+                causes.append(
+                    (f"spec.{field}[{i}].name", f'Invalid value: "{name}": must be a DNS label')
+                )
+            if name in seen:
+                causes.append((f"spec.{field}[{i}].name", f'Duplicate value: "{name}"'))
+            seen.add(name)
+            if not c.get("image"):
+                causes.append((f"spec.{field}[{i}].image", "Required value"))
+    return causes
+
+
+class Validator:
+    """``validator(resource_type, obj)`` raises a 422 ApiError for anything a cluster would reject.
+
+    ``kubernetes_version`` picks the schema (e.g. "1.30"); strict mode rejects unknown fields.
+    """
+
+    def __init__(self, kubernetes_version=DEFAULT_VERSION):
+        self.kubernetes_version = kubernetes_version
+        if kv_utils.major_minor(kubernetes_version) > kubernetes_validate.latest_version():
+            raise ValueError(
+                f"kubernetes-validate has no schema for Kubernetes {kubernetes_version}"
+            )
+
+    def __call__(self, rt, obj):
+        meta = obj.get("metadata") or {}
+        name = meta.get("name", "")
+        causes = _name_errors(rt.plural, name) + _label_errors(meta.get("labels"))
+        if rt.plural == "pods":
+            causes += _pod_errors(obj)
+        validator = _validator(rt.kind, rt.api_version, self.kubernetes_version)
+        if validator is not None:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+            if error is not None:
+                path = "".join(
+                    f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+                )
+                path = path.lstrip(".")
+                causes.append((path, error.message))
+        if causes:
+            raise invalid(rt.kind, name, causes)
