@@ -121,8 +121,13 @@ class RunningHub:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-async def start_hub(directory, config="", *, env=None, port=None, timeout=60, args=()):
-    """Start a hub in ``directory`` with ``config`` (Python source) appended to the base."""
+async def start_hub(
+    directory, config="", *, env=None, port=None, timeout=60, args=(), base_url="/"
+):
+    """Start a hub in ``directory`` with ``config`` (Python source) appended to the base.
+
+    ``base_url`` is ``JupyterHub.base_url``; the RunningHub's ``url`` includes it.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -140,6 +145,7 @@ async def start_hub(directory, config="", *, env=None, port=None, timeout=60, ar
             cookie_secret=secrets.token_hex(32),
             token=token,
         )
+        + f"c.JupyterHub.base_url = {base_url!r}\n"
         + "\n"
         + textwrap.dedent(config)
     )
@@ -168,7 +174,7 @@ async def start_hub(directory, config="", *, env=None, port=None, timeout=60, ar
     )
     log_file.close()
     hub = RunningHub(
-        url=f"http://127.0.0.1:{port}",
+        url=f"http://127.0.0.1:{port}" + base_url.rstrip("/"),
         hub_port=hub_port,
         token=token,
         directory=directory,
