@@ -38,6 +38,7 @@ import time
 
 from jupyterhub.utils import maybe_future
 from traitlets import Bool, Callable, Instance, Integer, Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from .errors import spawn_error
 from .service_client import BinderServiceClient, BinderServiceError, ServiceUnavailable
@@ -200,10 +201,12 @@ LAUNCH_FORM_TEMPLATE = """
 """
 
 
-class BinderLaunchMixin:
+class BinderLaunchMixin(LoggingConfigurable):
     """Resolve, reserve, prepare, then launch: the flow both Binder spawners share.
 
     A subclass implements :meth:`prepare_launch`. See the module docstring.
+    It is a Configurable (so that its traits and ``@default`` methods take
+    effect) placed before the spawner class in the bases.
     """
 
     repo_policy = Instance(
