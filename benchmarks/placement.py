@@ -68,6 +68,8 @@ GiB = 2**30
 STATUS_MAX_IMAGES = 50
 
 STRATEGIES = ("kube-default", "z2jh-user-scheduler", "binder")
+# Ours when the service may not read nodes: the inventory only has pods.
+EXTRA_STRATEGIES = ("binder-pods-only",)
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ class Simulation:
             size, count = self.states.get(image, (node.cache[image], 0))
             self.states[image] = (size, count + 1)
         node.reported = reported
-        if self.strategy == "binder":
+        if self.strategy == "binder":  # binder-pods-only cannot read nodes
             self.inventory.set_node_images(node.name, node.manifest["status"]["images"], now)
 
     def _pulled(self, now: float, node: SimNode, image: str, size: int) -> None:
@@ -304,6 +306,8 @@ class Simulation:
             },
         }
         if self.strategy == "binder":
+            # What node_room() computes from the node and pod lists, taken
+            # from the running sums instead of re-reading every pod.
             rooms = {
                 n.name: NodeRoom(
                     n.name,
@@ -312,6 +316,11 @@ class Simulation:
                 )
                 for n in self.nodes
             }
+        elif self.strategy == "binder-pods-only":
+            # Without nodes the service knows the nodes its pods run on, not
+            # their room (binder_service/placement_source.py).
+            rooms = {n.name: NodeRoom(n.name, 2**62, 2**31) for n in self.nodes if n.usage.pods}
+        if self.strategy.startswith("binder"):
             answer = rank_nodes(
                 launch.image,
                 rooms,
@@ -358,7 +367,7 @@ class Simulation:
             self._push(ready, "pulled", (node, image, launch.size))
         ready += self.model.container_start_s
         self.ttrs.append(ready - launch.t)
-        if self.strategy == "binder":
+        if self.strategy.startswith("binder"):
             self.inventory.record(image, name, launch.t)
         self._push(ready + launch.duration, "ended", (node, pod, image))
 
@@ -408,10 +417,26 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N launches")
     parser.add_argument("--nodes", type=int, default=Model.nodes, help="number of nodes")
     parser.add_argument(
-        "--strategy", action="append", choices=STRATEGIES, help="run only these (repeatable)"
+        "--strategy",
+        action="append",
+        choices=STRATEGIES + EXTRA_STRATEGIES,
+        help="run only these (repeatable); binder-pods-only: ours without node access",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one model parameter, e.g. --set cache_gb=200 (repeatable)",
     )
     args = parser.parse_args(argv)
-    model = Model(nodes=args.nodes)
+    overrides = {"nodes": args.nodes}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in Model.__dataclass_fields__:
+            parser.error(f"unknown model parameter {key!r}")
+        overrides[key] = type(getattr(Model, key))(value)
+    model = Model(**overrides)
     launches = load_trace(args.trace, model, args.limit)
     results = run(launches, model, args.strategy or STRATEGIES)
     if args.json:
