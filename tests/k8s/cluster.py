@@ -25,8 +25,11 @@ from pathlib import Path
 from aiohttp import web
 
 from .apiserver import KUBERNETES_VERSION, ApiServer
+from .catalog import Catalog
 from .faults import FaultInjector
+from .kubelet import KubeletPool
 from .rbac import Authorizer
+from .scheduling import SchedulerLoop
 from .store import Store
 from .validation import Validator
 
@@ -76,6 +79,7 @@ class Cluster:
         self.run_scheduler = scheduler
         self.run_kubelets = kubelets
         self.scheduler_config = scheduler_config
+        self.seed = seed
         self._tmp = None
         if directory is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="k8s-emulator-")
@@ -98,8 +102,12 @@ class Cluster:
             bookmark_interval=bookmark_interval,
             kubernetes_version=kubernetes_version,
         )
-        #: image name -> what a kubelet runs for it (filled by tests; see kubelet.py)
-        self.catalog = {}
+        #: image name -> what a kubelet runs for it (tests add entries; see catalog.py)
+        self.catalog = Catalog()
+        #: the running kubelets (kubelet.KubeletPool: ``cluster.kubelets["node-1"]``), once started
+        self.kubelets = None
+        #: the scheduler loop (scheduling.SchedulerLoop), once started
+        self.scheduler = None
         #: node name -> the options it was added with (capacity, images, bandwidth, ...)
         self.nodes = {}
         self._controllers = []
@@ -137,10 +145,18 @@ class Cluster:
         return self
 
     async def _start_scheduler(self):
-        """Hook: start the scheduler loop (tests/k8s/scheduler.py) over ``self.store``."""
+        """Start the scheduler loop (tests/k8s/scheduling.py) over ``self.store``."""
+        self.scheduler = SchedulerLoop(self.store, self.scheduler_config, seed=self.seed).start()
+        self._controllers.append(self.scheduler.stop)
 
     async def _start_kubelets(self):
-        """Hook: start one kubelet per node in ``self.nodes`` (and for nodes added later)."""
+        """Start one kubelet per node in ``self.nodes`` (and for nodes added later)."""
+        self.kubelets = KubeletPool(
+            self.store, catalog=self.catalog, registry_url=self.registry_url, api_url=self.url
+        )
+        for name, options in self.nodes.items():
+            self.kubelets.start_node(name, options)
+        self._controllers.append(self.kubelets.stop)
 
     async def stop(self):
         for stop in reversed(self._controllers):
@@ -267,6 +283,9 @@ class Cluster:
             "taints": list(taints or []),
             **options,
         }
+        if self.kubelets is not None:
+            self.kubelets.start_node(name, self.nodes[name])
+            return self.store.get("nodes", None, name)
         return created
 
 
