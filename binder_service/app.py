@@ -32,7 +32,7 @@ from traitlets.config import Application, TraitError
 from . import handlers as handlers_module
 from .culler import Culler
 from .hubapi import HubAPI, HubAPIError
-from .limits import LimitRules, ReservationStore
+from .limits import LimitExceeded, LimitRules, Observed, ReservationStore
 from .metrics import LaunchEventLog, Metrics
 from .placement_source import PlacementSource
 from .utils import Clock, parse_date
@@ -420,8 +420,6 @@ class BinderService(Application):
                     spec.repo_key,
                 )
                 repo = spec.repo_key
-        from .limits import LimitExceeded
-
         try:
             slot, created = self.store.reserve(user, server, repo, self.clock())
         except LimitExceeded as e:
@@ -487,14 +485,20 @@ class BinderService(Application):
                     continue
                 key = (user["name"], name)
                 spec = self.spec_of(server.get("user_options"))
-                observed[key] = spec.repo_key if spec else None
+                observed[key] = Observed(
+                    repo=spec.repo_key if spec else None,
+                    ready=bool(server.get("ready")),
+                    started=parse_date(server.get("started")),
+                )
                 if spec is not None:
                     pending += server.get("pending") == "spawn"
                     ready += bool(server.get("ready"))
                     self._track_launch(key, server, spec, seen)
         for key in set(self._launching) - seen:
             del self._launching[key]
-        added, dropped = self.store.reconcile(observed, listed_at, self.clock())
+        added, dropped = self.store.reconcile(
+            observed, listed_at, self.clock(), initial=not self._synced.is_set()
+        )
         expired = self.store.expire(self.clock())
         if expired:
             self.metrics.expired.inc(len(expired))

@@ -47,6 +47,25 @@ class BaseHandler(web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 
+    def log_exception(self, typ, value, tb):
+        # tornado's default names the client address: keep it out of the log.
+        if isinstance(value, web.HTTPError):
+            if value.log_message:
+                self.log.warning(
+                    "%s %s %s: %s",
+                    value.status_code,
+                    self.request.method,
+                    self.request.path,
+                    value.log_message % value.args if value.args else value.log_message,
+                )
+        else:
+            self.log.error(
+                "Uncaught exception %s %s",
+                self.request.method,
+                self.request.path,
+                exc_info=(typ, value, tb),
+            )
+
     def json_body(self):
         try:
             body = json.loads(self.request.body or b"{}")
@@ -151,20 +170,6 @@ class PlacementHandler(BaseHandler):
         self.finish(json.dumps({"nodes": [{"name": n, "weight": w} for n, w in nodes]}))
 
 
-def urlpath_from_query(get):
-    """The server path to open from mybinder's ``urlpath``, ``labpath`` or ``filepath``."""
-    urlpath = get("urlpath")
-    if urlpath:
-        return urlpath.lstrip("/")
-    labpath = get("labpath")
-    if labpath:
-        return "lab/tree/" + labpath.lstrip("/")
-    filepath = get("filepath")
-    if filepath:
-        return "tree/" + filepath.lstrip("/")
-    return ""
-
-
 class LaunchHandler(BaseHandler):
     """``v2/<provider>/<spec>`` -> ``/hub/spawn?repo=...&ref=...&urlpath=...``."""
 
@@ -174,12 +179,15 @@ class LaunchHandler(BaseHandler):
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(message + "\n")
 
-    def get(self, provider_spec):
-        spec = self.service.parse_launch(provider_spec)
+    def get(self, _):
+        # The raw path: tornado would decode %2F in the GitLab and git specs.
+        link = self.request.path[len(self.service.base_url) :]
+        if self.request.query:
+            link += "?" + self.request.query
+        spec = self.service.parse_launch(link)
         query = {"repo": spec.repo_url, "ref": spec.ref}
-        urlpath = urlpath_from_query(lambda k: self.get_argument(k, ""))
-        if urlpath:
-            query["urlpath"] = urlpath
+        if spec.urlpath:
+            query["urlpath"] = spec.urlpath
         self.redirect(self.service.hub_spawn_url + "?" + urlencode(query))
 
     head = get

@@ -9,11 +9,18 @@ and the slot it grants are taken together: concurrent launches cannot
 overshoot a limit.
 
 A slot is identified by (user, server); reserving it again is idempotent.
-A reservation the hub never shows as a running or pending server expires
-after ``ttl`` seconds; one the hub showed and no longer shows is dropped at
-the next reconciliation; so is a slot observed on the hub whose server has
-stopped. After a restart the store is rebuilt from the hub before the
-service answers reservations.
+Only *admitted* slots count against the limits: those a reservation granted,
+servers the hub shows running (ready), and, when the store is rebuilt after a
+restart, pending servers in the order they started as far as the limits
+allow. A pending server seen on the hub before its spawner asked is only
+*noted*: its own reservation decides, so a server that started while the
+repository was full is refused, not counted as already there.
+
+A reservation the hub never shows as a server expires after ``ttl``
+seconds; a slot whose server the hub showed and no longer shows is dropped
+at the next reconciliation. After a restart the store is rebuilt from the
+hub before the service answers reservations, so a restart neither leaks
+slots nor admits more than a limit allows.
 """
 
 import hashlib
@@ -85,9 +92,18 @@ def reservation_id(user, server):
     return hashlib.sha256(f"{user}\0{server}".encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class Observed:
+    """A pending or running server as the hub lists it."""
+
+    repo: str | None  # repo key, None if its user_options name no repository
+    ready: bool = False
+    started: object = None  # datetime or None
+
+
 @dataclass
 class Slot:
-    """One counted server: reserved by a spawner, observed on the hub, or both."""
+    """One server: reserved by a spawner, observed on the hub, or both."""
 
     user: str
     server: str
@@ -95,7 +111,7 @@ class Slot:
     created: object  # datetime
     expires_at: object  # datetime: only matters while never observed
     updated: object  # datetime of the last reserve or observation
-    reserved: bool = False
+    admitted: bool = False  # counts against the limits
     observed: bool = False
     seen: bool = False  # observed on the hub at least once
     id: str = field(init=False)
@@ -136,28 +152,49 @@ class ReservationStore:
         self._slots = {}
         self._by_id = {}
         self._counts = {}
+        self._admitted = 0
 
     # bookkeeping -------------------------------------------------------
+
+    def _count(self, slot, delta):
+        if not slot.admitted:
+            return
+        self._admitted += delta
+        n = self._counts.get(slot.repo, 0) + delta
+        if n:
+            self._counts[slot.repo] = n
+        else:
+            self._counts.pop(slot.repo, None)
 
     def _add(self, slot):
         self._slots[slot.key] = slot
         self._by_id[slot.id] = slot
-        self._counts[slot.repo] = self._counts.get(slot.repo, 0) + 1
+        self._count(slot, +1)
 
     def _remove(self, slot):
         del self._slots[slot.key]
         self._by_id.pop(slot.id, None)
-        n = self._counts[slot.repo] - 1
-        if n:
-            self._counts[slot.repo] = n
-        else:
-            del self._counts[slot.repo]
+        self._count(slot, -1)
+
+    def _admit(self, slot):
+        if not slot.admitted:
+            slot.admitted = True
+            self._count(slot, +1)
 
     def _set_repo(self, slot, repo):
         if slot.repo != repo:
-            self._remove(slot)
+            self._count(slot, -1)
             slot.repo = repo
-            self._add(slot)
+            self._count(slot, +1)
+
+    def _decide(self, repo, exclude=None):
+        repo_usage = self._counts.get(repo, 0)
+        total_usage = self._admitted
+        if exclude is not None and exclude.admitted:
+            total_usage -= 1
+            if exclude.repo == repo:
+                repo_usage -= 1
+        return decide(self.rules, repo, repo_usage, total_usage)
 
     # queries -------------------------------------------------------------
 
@@ -168,44 +205,38 @@ class ReservationStore:
         return self._slots.get((user, server))
 
     def usage(self, now=None):
+        """Admitted slots: ``{"total": n, "repos": {repo: n}}``."""
         if now is not None:
             self.expire(now)
-        return {"total": len(self._slots), "repos": dict(self._counts)}
+        return {"total": self._admitted, "repos": dict(self._counts)}
 
     def __len__(self):
-        return len(self._slots)
+        return self._admitted
 
     # changes -------------------------------------------------------------
 
     def expire(self, now):
         """Drop reservations never observed on the hub whose time ran out; returns them."""
-        expired = [
-            s for s in self._slots.values() if not s.observed and not s.seen and s.expires_at <= now
-        ]
+        expired = [s for s in self._slots.values() if not s.seen and s.expires_at <= now]
         for slot in expired:
             self._remove(slot)
         return expired
 
     def reserve(self, user, server, repo, now):
-        """Take a slot for (user, server) and ``repo``, or raise :class:`LimitExceeded`.
+        """Admit a slot for (user, server) and ``repo``, or raise :class:`LimitExceeded`.
 
-        Returns ``(slot, created)``; reserving the same (user, server) and repo
-        again returns the existing slot with its expiry renewed.
+        Returns ``(slot, created)``; reserving an admitted (user, server) and
+        repo again returns the existing slot with its expiry renewed.
         """
         self.expire(now)
         existing = self._slots.get((user, server))
-        if existing is not None and existing.repo == repo:
-            existing.reserved = True
+        if existing is not None and existing.admitted and existing.repo == repo:
             existing.updated = now
             existing.expires_at = now + timedelta(seconds=self.ttl)
             return existing, False
-        repo_usage = self._counts.get(repo, 0)
-        total_usage = len(self._slots) - (1 if existing is not None else 0)
-        decision = decide(self.rules, repo, repo_usage, total_usage)
+        decision = self._decide(repo, exclude=existing)
         if not decision.admitted:
             raise LimitExceeded(decision, repo)
-        if existing is not None:
-            self._remove(existing)
         slot = Slot(
             user=user,
             server=server,
@@ -213,8 +244,11 @@ class ReservationStore:
             created=now,
             updated=now,
             expires_at=now + timedelta(seconds=self.ttl),
-            reserved=True,
+            admitted=True,
         )
+        if existing is not None:
+            slot.observed, slot.seen = existing.observed, existing.seen
+            self._remove(existing)
         self._add(slot)
         return slot, True
 
@@ -225,34 +259,44 @@ class ReservationStore:
             self._remove(slot)
         return slot
 
-    def reconcile(self, observed, listed_at, now):
+    def reconcile(self, observed, listed_at, now, initial=False):
         """Bring the slots in line with the servers the hub (and cluster) report.
 
         ``observed`` maps (user, server) of every pending or running server to
-        its repo key (None if unknown: it still counts, under ``"?"``).
-        ``listed_at`` is when the listing started: slots changed after it are
-        younger than the listing and are left alone. Returns
+        an :class:`Observed`. Servers naming no repository are not Binder
+        launches and are ignored. Running servers are admitted; pending ones
+        are noted and wait for their reservation, except on the ``initial``
+        rebuild after a start, when they are admitted in the order they
+        started as far as the limits allow. ``listed_at`` is when the listing
+        started: slots changed after it are left alone. Returns
         ``(added, dropped)`` lists of slots.
         """
-        added, dropped = [], []
-        for key, repo in observed.items():
-            repo = repo or "?"
+        added, dropped, waiting = [], [], []
+        for key, server in observed.items():
             slot = self._slots.get(key)
             if slot is None:
+                if server.repo is None:
+                    continue
                 slot = Slot(
                     user=key[0],
                     server=key[1],
-                    repo=repo,
+                    repo=server.repo,
                     created=now,
                     updated=listed_at,
                     expires_at=now + timedelta(seconds=self.ttl),
                 )
                 self._add(slot)
                 added.append(slot)
-            elif slot.repo != repo and repo != "?":
-                self._set_repo(slot, repo)
-            slot.observed = True
-            slot.seen = True
+            elif server.repo is not None:
+                self._set_repo(slot, server.repo)
+            slot.observed = slot.seen = True
+            if server.ready:
+                self._admit(slot)
+            elif initial and not slot.admitted:
+                waiting.append((server.started or now, key[0], key[1], slot))
+        for *_, slot in sorted(waiting, key=lambda w: w[:3]):
+            if self._decide(slot.repo).admitted:
+                self._admit(slot)
         for key, slot in list(self._slots.items()):
             if key in observed:
                 continue

@@ -25,8 +25,10 @@ class HTTPServerSpawner(SimpleLocalProcessSpawner):
         return ["--bind", "127.0.0.1", str(self.port)]
 
     async def start(self):
-        if self.start_delay:
-            await asyncio.sleep(self.start_delay)
+        # user_options may ask for a longer start, to keep one server pending
+        delay = self.user_options.get("start_delay", self.start_delay)
+        if delay:
+            await asyncio.sleep(float(delay))
         return await super().start()
 
 

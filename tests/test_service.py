@@ -69,9 +69,10 @@ class ServiceHub:
         assert status in (200, 201), (status, body)
         return body["token"]
 
-    async def start_server(self, name, server="", repo=REPO_URL, ref="main"):
+    async def start_server(self, name, server="", repo=REPO_URL, ref="main", **options):
         path = f"/users/{name}/servers/{server}" if server else f"/users/{name}/server"
-        status, body = await self.hub.api("POST", path, json={"repo": repo, "ref": ref})
+        options.update(repo=repo, ref=ref)
+        status, body = await self.hub.api("POST", path, json=options)
         assert status in (201, 202), (status, body)
 
     async def servers(self, name):
@@ -122,6 +123,8 @@ async def env(tmp_path_factory):
     c.HTTPServerSpawner.home_dir_template = {str(directory / "home-{username}")!r}
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.authenticator_class = "null"
+    # POST .../server answers at once (202) instead of waiting for the start
+    c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
     c.JupyterHub.services.append(
         {{"name": "binder", "url": "http://127.0.0.1:{port}", "command": {command!r}}}
     )
@@ -205,10 +208,10 @@ async def test_health_badges_metrics(env):
             id="gh",
         ),
         pytest.param(
-            "v2/gl/group/sub/project/v1.0?labpath=index.ipynb",
-            "https://gitlab.com/group/sub/project",
+            "v2/gl/group%2Fsub%2Fproject/v1.0?labpath=index.ipynb",
+            "https://gitlab.com/group/sub/project.git",
             "v1.0",
-            "lab/tree/index.ipynb",
+            "doc/tree/index.ipynb",
             id="gl",
         ),
         pytest.param(
@@ -220,8 +223,8 @@ async def test_health_badges_metrics(env):
         ),
         pytest.param(
             "v2/gist/someone/0123456789abcdef/master?filepath=a.py",
-            "https://gist.github.com/someone/0123456789abcdef",
-            "master",
+            "https://gist.github.com/someone/0123456789abcdef.git",
+            "HEAD",
             "tree/a.py",
             id="gist",
         ),
@@ -281,8 +284,8 @@ async def test_reservations_at_the_limit(env):
     assert first[1]["id"] == again[1]["id"]
     assert (await env.usage())["repos"] == {repo_key: PER_REPO_LIMIT}
 
-    # a third server of the same repository is refused
-    await env.start_server("lim3")
+    # a third server of the same repository is refused while it starts
+    await env.start_server("lim3", start_delay=3)
     status, body, headers = await env.service(
         "POST",
         "api/reservations",
@@ -293,7 +296,8 @@ async def test_reservations_at_the_limit(env):
     assert int(headers["Retry-After"]) == body["retry_after"] > 0
     assert body["limit"] == PER_REPO_LIMIT and body["usage"] == PER_REPO_LIMIT
     assert repo_key in body["message"] and "limit" in body["message"]
-    # lim3's server runs anyway in this test (no spawner asked); stop it
+    # lim3's server runs anyway in this test (its spawner does not ask); stop it
+    await env.ready("lim3")
     status, _ = await env.hub.api("DELETE", "/users/lim3/server")
     assert status in (202, 204)
 
