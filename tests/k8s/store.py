@@ -414,7 +414,6 @@ class Store:
     def update(self, resource, namespace, name, obj, subresource=None):
         """PUT: replace the object (or only its status with ``subresource="status"``)."""
         rt = self.resource_type(resource)
-        current = self._internal(rt, namespace, name)
         if not isinstance(obj, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
         body_meta = obj.get("metadata") or {}
@@ -422,6 +421,7 @@ class Store:
             raise errors.bad_request(
                 f"the name of the object ({body_meta.get('name')}) does not match the name on the URL ({name})"
             )
+        current = self._internal(rt, namespace, name)
         rv = body_meta.get("resourceVersion")
         if rv and rv != current["metadata"]["resourceVersion"]:
             raise errors.conflict(rt.plural, name, rt.group)
