@@ -1,19 +1,112 @@
-"""jupyterhub-binder on one machine (local mode).
+"""jupyterhub-binder on one machine: ``jupyterhub -f jupyterhub_config.py`` (``make run``).
 
-Started by ``make run``; serves http://127.0.0.1:$BINDER_PORT (default 8000).
+Without Kubernetes configuration (no in-cluster service account, no
+``KUBECONFIG``, no ``~/.kube/config``) this is local mode: LocalBinderSpawner
+builds each repository into a per-commit virtual environment with uv and runs
+the server in a bubblewrap sandbox; with it, BinderSpawner builds images with
+repo2docker in build pods. Both use the anonymous authenticator (no login) and
+binder_service (culling, limits, launch links).
+
+Environment variables for the common changes (see the README):
+
+- ``BINDER_PORT``: public port on 127.0.0.1 (default 8000).
+- ``BINDER_IP``: public address (default 127.0.0.1; ``0.0.0.0`` to serve others).
+- ``BINDER_ALLOWED_HOSTS``: comma-separated repository hosts, ``host`` or
+  ``host:port``, allowed although they resolve to private or loopback
+  addresses (e.g. a git server on the LAN); they may use plain ``http://``.
+- ``BINDER_STATE_DIR``: where the hub database, environments and homes live
+  (default ``./state``).
+- ``BINDER_SERVICE_PORT``: loopback port of binder_service (default 10101).
 """
 
 import os
+import sys
 
 c = get_config()  # noqa: F821
 
-c.JupyterHub.ip = "127.0.0.1"
+
+def _env_list(name):
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _kubernetes_configured():
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    return any(os.path.exists(path) for path in kubeconfig.split(os.pathsep) if path)
+
+
+# -- the hub ------------------------------------------------------------------
+
+c.JupyterHub.ip = os.environ.get("BINDER_IP", "127.0.0.1")
 c.JupyterHub.port = int(os.environ.get("BINDER_PORT", "8000"))
 state_dir = os.path.abspath(os.environ.get("BINDER_STATE_DIR", "state"))
+# the hub's own files: private to the hub's user
+hub_dir = os.path.join(state_dir, "hub")
+os.makedirs(hub_dir, mode=0o700, exist_ok=True)
+os.chmod(hub_dir, 0o700)
+c.JupyterHub.db_url = "sqlite:///" + os.path.join(hub_dir, "jupyterhub.sqlite")
+c.JupyterHub.cookie_secret_file = os.path.join(hub_dir, "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.pid_file = os.path.join(hub_dir, "jupyterhub-proxy.pid")
+# the state directory itself must be searchable (not readable) by the sandbox uids,
+# which mount their environment and home from below it
 os.makedirs(state_dir, exist_ok=True)
-c.JupyterHub.db_url = "sqlite:///" + os.path.join(state_dir, "jupyterhub.sqlite")
-c.JupyterHub.cookie_secret_file = os.path.join(state_dir, "jupyterhub_cookie_secret")
-c.ConfigurableHTTPProxy.pid_file = os.path.join(state_dir, "jupyterhub-proxy.pid")
+os.chmod(state_dir, 0o711)
 
-c.JupyterHub.spawner_class = "binder-local"
+# -- anonymous users --------------------------------------------------------------
+
 c.JupyterHub.authenticator_class = "binder-anonymous"
+# a second launch link in the same browser starts a second server (docs/authenticator.md)
+c.JupyterHub.allow_named_servers = True
+
+# -- the spawner ------------------------------------------------------------------
+
+kubernetes = _kubernetes_configured()
+if kubernetes:
+    c.JupyterHub.spawner_class = "binder"
+else:
+    c.JupyterHub.spawner_class = "binder-local"
+    local_dir = os.path.join(state_dir, "local")
+    os.makedirs(local_dir, mode=0o711, exist_ok=True)
+    c.EnvironmentBuilder.envs_dir = os.path.join(local_dir, "envs")
+    c.EnvironmentBuilder.cache_dir = os.path.join(local_dir, "cache")
+    c.LocalBinderSpawner.homes_dir = os.path.join(local_dir, "homes")
+# the build happens inside start(): give it the time a build takes
+c.Spawner.start_timeout = 1800
+c.Spawner.http_timeout = 120
+
+allowed_hosts = _env_list("BINDER_ALLOWED_HOSTS")
+if allowed_hosts:
+    c.RepoPolicy.allowed_hosts = allowed_hosts
+    # a git server on the LAN rarely has a certificate
+    c.RepoPolicy.allow_http = True
+
+# -- binder_service: culling, limits, launch links ---------------------------------
+
+service_port = int(os.environ.get("BINDER_SERVICE_PORT", "10101"))
+service_command = [sys.executable, "-m", "binder_service"]
+if kubernetes:
+    service_command.append("--kubernetes")
+c.JupyterHub.services.append(
+    {
+        "name": "binder",
+        "url": f"http://127.0.0.1:{service_port}",
+        "command": service_command,
+    }
+)
+c.JupyterHub.load_roles.append(
+    {
+        "name": "binder-service",
+        # what the culler and the limits need (docs/deploy.md explains each scope)
+        "scopes": [
+            "list:users",
+            "read:users:activity",
+            "read:servers",
+            "delete:servers",
+            "admin:users",
+            "read:groups",
+        ],
+        "services": ["binder"],
+    }
+)
+c.BinderServiceClient.url = f"http://127.0.0.1:{service_port}/services/binder/"
