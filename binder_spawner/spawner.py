@@ -121,14 +121,14 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         """,
     ).tag(config=True)
 
-    build_push_secret = Unicode(
+    push_secret = Unicode(
         help="""
         Name of a ``kubernetes.io/dockerconfigjson`` secret in the build
         namespace holding the push credentials for :attr:`image_prefix`'s
         registry; mounted as ``/root/.docker/config.json``. Default empty:
         push without credentials.
 
-        Example: ``c.BinderSpawner.build_push_secret = "binder-push-secret"``
+        Example: ``c.BinderSpawner.push_secret = "binder-push-secret"``
 
         .. versionadded:: 0.1
         """,
@@ -372,7 +372,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
             backend=self.build_backend,
             docker_socket=self.build_docker_socket,
             docker_host=self.build_docker_host,
-            push_secret=self.build_push_secret,
+            push_secret=self.push_secret,
             resources=copy.deepcopy(self.build_resources),
             node_selector=self.build_node_selector,
             tolerations=self.build_tolerations,
@@ -401,7 +401,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
             await pod.run(self.build_timeout)
         except BuildTimedOut as e:
             raise spawn_error(
-                f"Building {spec.repo_key} took longer than {int(e.timeout)} seconds "
+                f"Building {spec.repo_url} took longer than {int(e.timeout)} seconds "
                 "and was stopped.",
                 status_code=504,
                 reason="build-timeout",
@@ -410,7 +410,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
             last = "\n".join(e.lines[-5:])
             self.log.error("Build of %s for %s failed: %s", image, self._log_name, e.reason)
             raise spawn_error(
-                f"Building {spec.repo_key} failed: {e.reason}."
+                f"Building {spec.repo_url} failed: {e.reason}."
                 + (f" Last lines of the build log:\n{last}" if last else ""),
                 status_code=422,
                 reason="build-failed",
