@@ -90,7 +90,10 @@ def ls_remote_command(url, ref, *, allowed_schemes=("https",), pins=(), git="git
     for pin in pins:
         args += ["-c", f"http.curloptResolve={pin}"]
     args += ["ls-remote", "--", url]
-    args += candidate_refs(ref)
+    for name in candidate_refs(ref):
+        args.append(name)
+        if name.startswith("refs/tags/"):
+            args.append(name + "^{}")  # the commit an annotated tag points to
     return args
 
 

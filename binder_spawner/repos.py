@@ -22,6 +22,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import signal
 import socket
 import time
 from collections import OrderedDict
@@ -682,13 +683,18 @@ class RepoPolicy(LoggingConfigurable):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._git_env(),
+            # its own process group: a timeout kills git-remote-http with it
+            start_new_session=True,
         )
         try:
             stdout, stderr = await asyncio.wait_for(
                 proc.communicate(), max(0.1, deadline - time.monotonic())
             )
         except asyncio.TimeoutError:
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             await proc.wait()
             self.log.warning("git ls-remote %s timed out after %ss", repo_url, self.git_timeout)
             raise SpecError(

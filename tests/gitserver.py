@@ -61,7 +61,10 @@ class GitServer:
         self.host = "127.0.0.1:%d" % self._httpd.server_address[1]
         self.url = "http://" + self.host
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="git-server", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="git-server",
+            daemon=True,
         )
         self._thread.start()
         return self
