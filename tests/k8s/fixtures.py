@@ -41,6 +41,15 @@ async def k8s_cluster_factory(tmp_path, monkeypatch, request):
         await cluster.start()
         clusters.append(cluster)
         monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig_path))
+        # kubernetes_asyncio reads KUBECONFIG once, when it is imported
+        try:
+            from kubernetes_asyncio.config import kube_config
+        except ImportError:
+            pass
+        else:
+            monkeypatch.setattr(
+                kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig_path)
+            )
         reset_kubespawner_config()
         return cluster
 
