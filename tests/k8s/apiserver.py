@@ -343,11 +343,11 @@ class ApiServer:
             await response.write((_dumps({"type": ERROR, "object": e.status()}) + "\n").encode())
             await response.write_eof()
             return response
-        await response.prepare(request)
         fault = self.faults.watch_fault(info) if self.faults is not None else None
         deadline = time.monotonic() + timeout
         sent = 0
         try:
+            await response.prepare(request)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -370,12 +370,11 @@ class ApiServer:
                 sent += 1
                 if fault is not None and fault.drop_after is not None and sent >= fault.drop_after:
                     break
-        except (ConnectionResetError, asyncio.CancelledError):
-            watch.close()
-            raise
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
             watch.close()
-        await response.write_eof()
         return response
 
     # ------------------------------------------------------------ logs
@@ -412,30 +411,22 @@ class ApiServer:
             return web.Response(
                 body=b"".join(render(e) for e in lines if keep(e)), content_type="text/plain"
             )
-        stream = self.store.follow_log(info.namespace, info.name, container, tail)
         # Errors (404, 400) surface before the response starts.
-        first = None
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            pass
-        except asyncio.CancelledError:
-            await stream.aclose()
-            raise
+        self.store.read_log(info.namespace, info.name, container, 0)
+        stream = self.store.follow_log(info.namespace, info.name, container, tail)
         response = web.StreamResponse(
             headers={"Content-Type": "text/plain", "Transfer-Encoding": "chunked"}
         )
-        await response.prepare(request)
         try:
-            if first is not None:
-                if keep(first):
-                    await response.write(render(first))
-                async for entry in stream:
-                    if keep(entry):
-                        await response.write(render(entry))
+            await response.prepare(request)
+            async for entry in stream:
+                if keep(entry):
+                    await response.write(render(entry))
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
             await stream.aclose()
-        await response.write_eof()
         return response
 
     # ------------------------------------------------------------ discovery

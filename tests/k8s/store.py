@@ -257,9 +257,12 @@ class Store:
             raise errors.not_found(rt.plural, name, rt.group)
         return obj
 
-    def _validate(self, rt, obj):
+    def _validate(self, rt, obj, old=None):
         if self.validator is not None:
-            self.validator(rt, obj)
+            if old is None:
+                self.validator(rt, obj)
+            else:
+                self.validator(rt, obj, old)
 
     def _track_owners(self, rt, obj, add=True):
         key = (rt.plural, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
@@ -543,7 +546,7 @@ class Store:
             _check_pod_update(current, new)
         if subresource is None and new.get("spec") != current.get("spec") and "spec" in current:
             meta["generation"] = old_meta.get("generation", 1) + 1
-        self._validate(rt, new)
+        self._validate(rt, new, current)
         meta["resourceVersion"] = self._next_rv()
         self._track_owners(rt, current, add=False)
         self._objects[rt.plural][self._key(rt, meta.get("namespace"), meta["name"])] = new

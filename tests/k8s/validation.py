@@ -144,20 +144,42 @@ class Validator:
                 f"kubernetes-validate has no schema for Kubernetes {kubernetes_version}"
             )
 
-    def __call__(self, rt, obj):
+    def __call__(self, rt, obj, old=None):
+        """Validate ``obj``; with ``old`` (an update), only the top-level fields that changed.
+
+        Checking only what changed is the same verdict for a valid ``old`` and keeps
+        the kubelet's frequent status updates cheap (a full Pod schema check takes ms).
+        """
         meta = obj.get("metadata") or {}
         name = meta.get("name", "")
-        causes = _name_errors(rt.plural, name) + _label_errors(meta.get("labels"))
-        if rt.plural == "pods":
+        causes = []
+        if old is None or meta != old.get("metadata"):
+            causes += _name_errors(rt.plural, name) + _label_errors(meta.get("labels"))
+        if rt.plural == "pods" and (old is None or obj.get("spec") != old.get("spec")):
             causes += _pod_errors(obj)
         validator = _validator(rt.kind, rt.api_version, self.kubernetes_version)
         if validator is not None:
-            error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+            error = self._schema_error(validator, obj, old)
             if error is not None:
                 path = "".join(
                     f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
                 )
-                path = path.lstrip(".")
-                causes.append((path, error.message))
+                causes.append((path.lstrip("."), error.message))
         if causes:
             raise invalid(rt.kind, name, causes)
+
+    def _schema_error(self, validator, obj, old):
+        properties = validator.schema.get("properties") or {}
+        changed = None
+        if old is not None and set(obj) <= set(properties):
+            changed = [key for key in obj if obj[key] != old.get(key)]
+        if changed is None:
+            return jsonschema.exceptions.best_match(validator.iter_errors(obj))
+        for key in changed:
+            error = jsonschema.exceptions.best_match(
+                validator.evolve(schema=properties[key]).iter_errors(obj[key])
+            )
+            if error is not None:
+                error.path.appendleft(key)
+                return error
+        return None
