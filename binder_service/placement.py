@@ -125,9 +125,25 @@ class ImageInventory:
                 del self._seen[image]
 
 
+# Container waiting reasons that mean the image never arrived on the node.
+PULL_FAILED = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+
+
 def pod_images(pod: dict) -> list[str]:
+    """Images of the pod's containers, except those whose pull failed."""
+    failed = {
+        status.get("name")
+        for status in (pod.get("status") or {}).get("containerStatuses") or []
+        if ((status.get("state") or {}).get("waiting") or {}).get("reason") in PULL_FAILED
+    }
     spec = pod.get("spec") or {}
-    return [c["image"] for c in spec.get("containers") or [] if c.get("image")]
+    return [
+        c["image"]
+        for c in spec.get("containers") or []
+        if c.get("image") and c.get("name") not in failed
+    ]
 
 
 def inventory_from_cluster(

@@ -154,6 +154,17 @@ def test_inventory_from_pods_and_node_status():
     nodes = [node("a", images=["other:1"]), node("c", images=[IMAGE])]
     inventory = inventory_from_cluster(pods, nodes, now=now)
     assert inventory.holders(IMAGE, now) == {"c"}
+    # A pod whose pull failed does not make its node a holder.
+    failed = pod(IMAGE, "e")
+    failed["status"]["containerStatuses"] = [
+        {"name": "notebook", "state": {"waiting": {"reason": "ImagePullBackOff"}}}
+    ]
+    assert "e" not in inventory_from_cluster([failed], now=now).holders(IMAGE, now)
+    pulling = pod(IMAGE, "e")
+    pulling["status"]["containerStatuses"] = [
+        {"name": "notebook", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    ]
+    assert "e" in inventory_from_cluster([pulling], now=now).holders(IMAGE, now)
     # A node without status.images (no RBAC for nodes) is not used.
     inventory = inventory_from_cluster(pods, [node("a")], now=now)
     assert inventory.holders(IMAGE, now) == {"a"}
