@@ -1,0 +1,187 @@
+"""Benchmark: cull sweeps over many users against a real hub.
+
+Starts a real JupyterHub (configurable-http-proxy included) whose spawner
+points every server at one shared HTTP server (tests/service_spawner.py,
+``SharedServerSpawner``: the hub starts, routes and stops each server as
+usual, without a process per server). Creates U anonymous users (members of
+``binder-anonymous``), starts servers for S of them, then runs
+binder_service's sweep in this process against the hub's REST API:
+
+1. a quiet sweep: nothing is idle yet (lists every active server and every
+   inactive user; stops and deletes nothing);
+2. a full sweep with the service's clock moved 11 minutes on: stops all S
+   idle servers and deletes all U anonymous users.
+
+For each: wall time, and the hub's CPU time (user + system of the hub
+process, from /proc) during the sweep.
+
+    .venv-test-latest/bin/python benchmarks/cull.py [--users 10000] [--servers 1000] [--json]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from binder_service.app import BinderService  # noqa: E402
+from tests.hub import start_hub  # noqa: E402
+from tests.utils import free_port, poll  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+TMPFS = "/dev/shm"
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of process ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+async def gather_bounded(n, coroutines):
+    semaphore = asyncio.Semaphore(n)
+
+    async def run(coroutine):
+        async with semaphore:
+            return await coroutine
+
+    return await asyncio.gather(*(run(c) for c in coroutines))
+
+
+async def populate(hub, users, servers):
+    names = [f"visitor-{i:05d}" for i in range(users)]
+    status, _ = await hub.api("POST", "/groups/binder-anonymous")
+    assert status == 201, status
+    for i in range(0, users, 500):
+        batch = names[i : i + 500]
+        status, _ = await hub.api("POST", "/users", json={"usernames": batch})
+        assert status == 201, status
+        status, _ = await hub.api("POST", "/groups/binder-anonymous/users", json={"users": batch})
+        assert status == 200, status
+
+    async def start(i, name):
+        options = {"repo": f"https://github.com/org/repo{i % 50}", "ref": "main"}
+        status, body = await hub.api("POST", f"/users/{name}/server", json=options)
+        assert status in (201, 202), (status, body)
+
+    await gather_bounded(50, [start(i, name) for i, name in enumerate(names[:servers])])
+
+    async def all_ready():
+        _, ready = await hub.api(
+            "GET",
+            "/users?state=ready&limit=1",
+            headers={"Accept": "application/jupyterhub-pagination+json"},
+        )
+        return ready["_pagination"]["total"] == servers
+
+    await poll(all_ready, timeout=600, interval=1, message="all servers ready")
+
+
+async def timed_sweep(app, hub):
+    cpu = cpu_seconds(hub.process.pid)
+    started = time.perf_counter()
+    await app.sweep()
+    return time.perf_counter() - started, cpu_seconds(hub.process.pid) - cpu
+
+
+async def run(users, servers):
+    # The hub's sqlite database on tmpfs where there is one: the sweep and the
+    # hub's CPU are measured, not the disk's fsync latency.
+    tmp = TMPFS if os.path.isdir(TMPFS) else None  # noqa: ASYNC240 - once, at start
+    with tempfile.TemporaryDirectory(dir=tmp) as directory:
+        directory = Path(directory)
+        shared_port = free_port()
+        shared = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(shared_port)],
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        config = f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        c.JupyterHub.spawner_class = "tests.service_spawner.SharedServerSpawner"
+        c.SharedServerSpawner.shared_url = "http://127.0.0.1:{shared_port}"
+        c.JupyterHub.authenticator_class = "null"
+        c.JupyterHub.log_level = "WARN"
+        c.JupyterHub.concurrent_spawn_limit = 0
+        c.JupyterHub.active_server_limit = 0
+        c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+        """
+        hub = await start_hub(directory / "hub", textwrap.dedent(config))
+        try:
+            setup_started = time.perf_counter()
+            await populate(hub, users, servers)
+            setup = time.perf_counter() - setup_started
+            offset = directory / "offset"
+            offset.write_text("0")
+            os.environ["JUPYTERHUB_API_URL"] = hub.api_url
+            os.environ["JUPYTERHUB_API_TOKEN"] = hub.token
+            app = BinderService()
+            app.initialize(
+                [
+                    f"--clock-offset-file={offset}",
+                    "--log-level=WARN",
+                    "--Culler.anonymous_grace=3600",
+                ]
+            )
+            quiet = await timed_sweep(app, hub)
+            counted = (await app.usage())["total"]
+            offset.write_text(str(3600 + 660))
+            app._last_cull = None
+            full = await timed_sweep(app, hub)
+            # servers still stopping during the full sweep: their users go at the next one
+            app._last_cull = None
+            after = await timed_sweep(app, hub)
+            _, left = await hub.api(
+                "GET",
+                "/users?limit=1",
+                headers={"Accept": "application/jupyterhub-pagination+json"},
+            )
+        finally:
+            await hub.stop()
+            shared.terminate()
+            await shared.wait()
+    culled = app.metrics.culls.labels(reason="idle")._value.get()
+    deleted = app.metrics.users_deleted._value.get()
+    return {
+        "users": users,
+        "servers": servers,
+        "setup_s": round(setup, 1),
+        "slots_counted": counted,
+        "quiet_sweep_s": round(quiet[0], 2),
+        "quiet_sweep_hub_cpu_s": round(quiet[1], 2),
+        "full_sweep_s": round(full[0], 2),
+        "full_sweep_hub_cpu_s": round(full[1], 2),
+        "next_sweep_s": round(after[0], 2),
+        "servers_culled": int(culled),
+        "users_deleted": int(deleted),
+        "users_left": left["_pagination"]["total"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10000)
+    parser.add_argument("--servers", type=int, default=1000)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.users, args.servers))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
