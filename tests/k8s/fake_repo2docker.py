@@ -23,13 +23,19 @@ paths inside volumes the kubelet mounted are mapped through the JSON object in
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
+
+# Run as a script, this file's folder (tests/k8s, which has a selectors.py)
+# would come first on sys.path and shadow the standard library's modules.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
