@@ -6,21 +6,15 @@ the server through the Jupyter REST API, reuse, build errors on the spawn page,
 and the sandbox seen from inside a running server.
 """
 
-import asyncio
 import json
 import os
-import shutil
-import tempfile
 import textwrap
-import uuid
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
 from .gitserver import GitServer
-from .hub import start_hub
-from .utils import REPO_ROOT, free_port, poll
+from .localhub import LocalHub, remove_state, start_local_hub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -35,137 +29,6 @@ DEMO_REPO = {
 }
 
 
-def shared_cache_dir():
-    """The uv download cache shared by the test runs (both dependency sets)."""
-    path = os.path.join(tempfile.gettempdir(), "jupyterhub-binder-test-cache")
-    os.makedirs(path, mode=0o711, exist_ok=True)
-    return path
-
-
-async def start_local_hub(directory, git_server, extra_config=""):
-    """The root jupyterhub_config.py, with its state where sandbox uids can mount from."""
-    state_dir = tempfile.mkdtemp(prefix="binder-local-state-")
-    os.chmod(state_dir, 0o711)
-    port = free_port()
-    config = f"""
-    load_subconfig({str(REPO_ROOT / "jupyterhub_config.py")!r})
-    c.EnvironmentBuilder.cache_dir = {shared_cache_dir()!r}
-    # no Python downloads in tests: fail fast to the nearest installed version
-    c.EnvironmentBuilder.python_downloads = False
-    c.Spawner.start_timeout = 600
-    # the spawn API answers at once, so that the test follows the whole progress stream
-    c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
-    """
-    env = {
-        "BINDER_PORT": str(port),
-        "BINDER_STATE_DIR": state_dir,
-        "BINDER_ALLOWED_HOSTS": git_server.url.split("://", 1)[1],
-        "BINDER_SERVICE_PORT": str(free_port()),
-        # local mode: the tests' machine has no Kubernetes configuration
-        "KUBECONFIG": os.path.join(state_dir, "no-kubeconfig"),
-    }
-    hub = await start_hub(
-        directory, textwrap.dedent(config) + extra_config, env=env, port=port, timeout=90
-    )
-    hub.state_dir = state_dir
-    return hub
-
-
-class LocalHub:
-    def __init__(self, hub, git):
-        self.hub = hub
-        self.git = git
-
-    async def launch(self, user, user_options, server=""):
-        """Start ``user``'s server with ``user_options``; returns the progress events."""
-        status, _ = await self.hub.api("POST", f"/users/{user}")
-        assert status in (201, 409)
-        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
-        status, body = await self.hub.api("POST", path, json=user_options)
-        assert status in (201, 202), body
-        return await self.progress(user, server)
-
-    async def progress(self, user, server=""):
-        path = (
-            f"/users/{user}/servers/{server}/progress"
-            if server
-            else f"/users/{user}/server/progress"
-        )
-        events = []
-        headers = {"Authorization": f"token {self.hub.token}"}
-        timeout = aiohttp.ClientTimeout(total=600)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(self.hub.api_url + path, headers=headers) as resp:
-                assert resp.status == 200, await resp.text()
-                async for raw in resp.content:
-                    line = raw.decode().strip()
-                    if line.startswith("data:"):
-                        event = json.loads(line[5:])
-                        events.append(event)
-                        if event.get("ready") or event.get("failed"):
-                            break
-        return events
-
-    async def stop(self, user, server=""):
-        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
-        status, body = await self.hub.api("DELETE", path)
-        assert status in (202, 204), body
-
-        async def stopped():
-            _, info = await self.hub.api("GET", f"/users/{user}")
-            return not info["servers"].get(server)
-
-        await poll(stopped, timeout=60, message=f"{user}'s server to stop")
-
-    async def run_code(self, user, code, server=""):
-        """Execute ``code`` in a new kernel of the server (Jupyter REST + websocket)."""
-        base = f"{self.hub.url}/user/{user}/{server + '/' if server else ''}api"
-        headers = {"Authorization": f"token {self.hub.token}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.post(base + "/kernels", json={"name": "python3"}) as resp:
-                assert resp.status == 201, await resp.text()
-                kernel = await resp.json()
-            try:
-                return await _execute(session, f"{base}/kernels/{kernel['id']}/channels", code)
-            finally:
-                async with session.delete(f"{base}/kernels/{kernel['id']}"):
-                    pass
-
-
-async def _execute(session, url, code):
-    msg_id = uuid.uuid4().hex
-    request = {
-        "header": {
-            "msg_id": msg_id,
-            "msg_type": "execute_request",
-            "username": "test",
-            "session": uuid.uuid4().hex,
-            "version": "5.3",
-        },
-        "parent_header": {},
-        "metadata": {},
-        "content": {"code": code, "silent": False, "store_history": False},
-        "channel": "shell",
-        "buffers": [],
-    }
-    output = []
-    async with session.ws_connect(url.replace("http://", "ws://")) as ws:
-        await ws.send_str(json.dumps(request))
-        async with asyncio.timeout(120):
-            async for message in ws:
-                msg = json.loads(message.data)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    output.append(msg["content"]["text"])
-                elif kind == "error":
-                    output.append("\n".join(msg["content"]["traceback"]))
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-    return "".join(output)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def local(tmp_path_factory, request):
     git = GitServer(tmp_path_factory.mktemp("git"))
@@ -178,7 +41,7 @@ async def local(tmp_path_factory, request):
         git.stop()
         if request.session.testsfailed:
             print(f"\n===== hub log {hub.log_path} =====\n{hub.log()[-30000:]}")
-        shutil.rmtree(hub.state_dir, ignore_errors=True)
+        remove_state(hub)
 
 
 def exists(*parts):
