@@ -45,9 +45,8 @@ async def run(requests, limit):
         {{"name": "binder", "url": "http://127.0.0.1:{port}", "command": {command!r}}}
     )
     c.JupyterHub.load_roles.append(
-        {{"name": "binder-service", "scopes": ["list:users", "read:users:activity",
-          "read:servers", "delete:servers", "admin:users", "read:groups"],
-          "services": ["binder"]}}
+        {{"name": "binder-service", "scopes": ["list:users", "read:users", "read:servers",
+          "delete:servers", "delete:users!group=binder-anonymous"], "services": ["binder"]}}
     )
     c.JupyterHub.log_level = "INFO"
     """
