@@ -185,7 +185,7 @@ class GitLabProvider(Provider):
             ref=ref,
             repo_url=f"{base_url}/{namespace}.git",
             build_slug="-".join(p.replace("-", "_-") for p in parts),
-            key=f"{self.name}/{namespace}".lower(),
+            key=f"{self.name}/{quote(namespace, safe='')}".lower(),
             spec_ref=quote(ref, safe="/"),
         )
 
@@ -228,7 +228,7 @@ class GitProvider(Provider):
             ref=ref,
             repo_url=url,
             build_slug=url,
-            key=f"{self.name}/{key_url}",
+            key=f"{self.name}/{quote(key_url, safe='')}",
             spec_ref=quote(ref, safe="/"),
         )
 

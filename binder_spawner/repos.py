@@ -470,6 +470,9 @@ class RepoPolicy(LoggingConfigurable):
 
     def _check_url(self, text):
         """Check a repository URL offline; returns (normalised URL without query, parts)."""
+        if _CONTROL.search(text) or " " in text or "\\" in text:
+            # urlsplit would silently drop tabs and newlines: refuse instead
+            raise SpecError("The repository URL contains characters that are not allowed.")
         try:
             parts = urlsplit(text)
             port = parts.port
