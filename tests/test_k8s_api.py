@@ -149,6 +149,11 @@ async def test_discovery(api):
     }
     status, body = await api.get("/api/v1/widgets")
     assert status == 404 and body["kind"] == "Status" and body["reason"] == "NotFound"
+    assert (await api.get("/apis/rbac.authorization.k8s.io/v1/pods"))[0] == 404  # wrong group
+    assert (await api.post("/api/v1/pods", POD))[0] == 405  # create needs a namespace
+    assert (await api.post(NS + "/pods/p", POD))[0] == 405
+    assert (await api.put(NS + "/pods", POD))[0] == 405
+    assert (await api.request("POST", NS + "/pods/p/log"))[0] == 405
 
 
 async def test_server_filled_metadata_and_lists(api):

@@ -168,6 +168,17 @@ class ApiServer:
 
     async def dispatch(self, request, info):
         store, q = self.store, request.query
+        rt = RESOURCES[info.resource]
+        if (
+            (info.verb == "create" and (info.name or (rt.namespaced and not info.namespace)))
+            or (info.verb in ("update", "patch") and not info.name)
+            or (info.subresource == "status" and info.verb not in ("get", "update", "patch"))
+        ):
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         if info.subresource == "log":
             if info.verb != "get":
                 raise ApiError(
