@@ -14,7 +14,7 @@ import time
 
 from jupyterhub import orm
 from jupyterhub.auth import Authenticator
-from jupyterhub.utils import safe_log
+from jupyterhub.utils import maybe_future
 from tornado import web
 from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
 
@@ -27,6 +27,7 @@ from .identity import (
     client_address,
     launch_repo,
     parse_networks,
+    safe_log,
 )
 
 # how long a name handed out by authenticate() counts against the total cap
@@ -412,7 +413,7 @@ class AnonymousAuthenticator(Authenticator):
         The hub also calls this at startup for every user in its database, so
         membership is given only to names this process just handed out.
         """
-        await super().add_user(user)
+        await maybe_future(super().add_user(user))
         if self._pending_names.pop(user.name, None) is None:
             return
         db = user.db
@@ -443,7 +444,7 @@ class AnonymousAuthenticator(Authenticator):
         others = [name for name, s in user.spawners.items() if name != spawner.name and s.active]
         if len(others) >= self.max_servers_per_user:
             self.log.warning(
-                "Refusing server %r of %s: %s servers active, the limit is %s",
+                "Refusing server %s of %s: %s servers active, the limit is %s",
                 safe_log(spawner.name),
                 user.name,
                 len(others),

@@ -11,10 +11,10 @@ import inspect
 from jupyterhub import orm
 from jupyterhub.handlers.login import LoginHandler, LogoutHandler
 from jupyterhub.handlers.pages import SpawnHandler
-from jupyterhub.utils import maybe_future, safe_log, url_path_join
+from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 
-from .identity import first_repo_param, random_suffix, repo_slug, safe_next_url
+from .identity import first_repo_param, random_suffix, repo_slug, safe_log, safe_next_url
 
 
 def _anonymous_authenticator(handler):
@@ -40,7 +40,7 @@ class AnonymousLoginHandler(LoginHandler):
             return checked
         strict = safe_next_url(checked, self.base_url)
         if not strict:
-            self.log.warning("Disallowing redirect after login: %r", safe_log(next_url))
+            self.log.warning("Disallowing redirect after login: %s", safe_log(next_url))
         return strict
 
 

@@ -38,6 +38,17 @@ DEFAULT_TRUSTED_NETWORKS = (
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 
 
+def safe_log(value, max_length=200):
+    """``repr`` of an untrusted value, shortened, for log lines.
+
+    Same idea as ``jupyterhub.utils.safe_log``, which JupyterHub 5.5 lacks.
+    """
+    text = repr(value)
+    if len(text) > max_length:
+        text = text[: max_length - 2] + " …"
+    return text
+
+
 def slugify(value, max_length=12):
     """A short lowercase slug of ``value``: letters, digits and single hyphens.
 
@@ -49,7 +60,7 @@ def slugify(value, max_length=12):
     return slug
 
 
-def repo_slug(repo, max_length=12):
+def repo_slug(repo, max_length=16):
     """A readable slug for a repository reference: its last meaningful path part.
 
     ``https://github.com/org/my_repo.git`` -> ``my-repo``; ``gh/org/repo/main``

@@ -24,7 +24,7 @@ SAFE_SLUG = re.compile(r"^[a-z]([a-z0-9]|-(?=[a-z0-9]))*$")
     [
         pytest.param("https://github.com/org/My_Repo.git", "my-repo", id="url-dotgit"),
         pytest.param("https://gitlab.com/group/sub/project/", "project", id="gitlab-subgroup"),
-        pytest.param("gh/org/numpy-tutorial/main", "numpy-tutori", id="spec-drops-ref"),
+        pytest.param("gh/org/numpy-tutorial/main", "numpy-tutorial", id="spec-drops-ref"),
         pytest.param("org/repo", "repo", id="short"),
         pytest.param("https://github.com/org/2048", "org", id="digits-use-parent"),
         pytest.param("https://example.org/x/%F0%9F%92%A5", "x", id="no-ascii-falls-back"),

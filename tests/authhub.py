@@ -1,0 +1,106 @@
+"""A real hub with the anonymous authenticator and servers that start fast, for the auth tests.
+
+Servers are a few lines of ``http.server`` that answer 200 on every path
+(started as local processes by ``SimpleLocalProcessSpawner``), except when
+the launch names a repository containing ``real-singleuser``: then the real
+``jupyterhub-singleuser`` runs, with the hub's OAuth in front of it.
+"""
+
+import random
+from http.cookies import SimpleCookie
+
+TINY_SERVER = r"""
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+port = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"]).port
+body = ("tiny server of %s/%s\n" % (
+    os.environ["JUPYTERHUB_USER"], os.environ.get("JUPYTERHUB_SERVER_NAME", ""))).encode()
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+HUB_CONFIG = """
+import sys
+c.JupyterHub.authenticator_class = "binder-anonymous"
+c.JupyterHub.redirect_to_server = False
+c.JupyterHub.spawner_class = "simple"
+c.Spawner.cmd = [sys.executable, {tiny!r}]
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+c.Authenticator.admin_users = {{"hub-admin"}}
+
+def pick_command(spawner):
+    # the spawn handler passes the query as lists of strings (Spawner.options_from_query)
+    if "real-singleuser" in str(spawner.user_options.get("repo")):
+        spawner.cmd = ["jupyterhub-singleuser"]
+        spawner.args = [
+            "--allow-root",
+            "--ServerApp.jpserver_extensions={{'jupyterlab': False, 'jupyter_lsp': False}}",
+        ]
+
+c.Spawner.pre_spawn_hook = pick_command
+"""
+
+
+def hub_config(tmp_dir, extra=""):
+    tiny = tmp_dir / "tiny_server.py"
+    tiny.parent.mkdir(parents=True, exist_ok=True)
+    tiny.write_text(TINY_SERVER)
+    return HUB_CONFIG.format(tiny=str(tiny)) + "\n" + extra
+
+
+def fake_client_ip():
+    """A random documentation address (TEST-NET-2) to stand for one client."""
+    return f"198.51.100.{random.randint(1, 254)}"
+
+
+def fresh_browser(hub, ip=None, **headers):
+    """A new cookie jar that the proxy sees coming from ``ip`` (X-Forwarded-For)."""
+    headers.setdefault("X-Forwarded-For", ip or fake_client_ip())
+    return hub.browser(headers=headers)
+
+
+def xsrf(browser, hub):
+    for cookie in browser.cookie_jar:
+        if cookie.key == "_xsrf":
+            return cookie.value
+    return ""
+
+
+async def whoami(hub, browser):
+    """The hub's model of the browser's user (``GET /hub/api/user`` with its cookies)."""
+    async with browser.get(hub.url + "/hub/home") as resp:
+        assert resp.status == 200, await resp.text()
+    async with browser.get(
+        hub.api_url + "/user", headers={"X-XSRFToken": xsrf(browser, hub)}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def browser_api(hub, browser, method, path, **kwargs):
+    """Call the REST API as the browser's user, with its cookie and XSRF token."""
+    headers = kwargs.pop("headers", {})
+    headers["X-XSRFToken"] = xsrf(browser, hub)
+    async with browser.request(method, hub.api_url + path, headers=headers, **kwargs) as resp:
+        text = await resp.text()
+        return resp.status, text
+
+
+def cookie_header(browser):
+    cookies = SimpleCookie()
+    for cookie in browser.cookie_jar:
+        cookies[cookie.key] = cookie.value
+    return "; ".join(f"{k}={m.value}" for k, m in cookies.items())
