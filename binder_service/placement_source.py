@@ -22,6 +22,10 @@ from . import placement
 UNKNOWN_ROOM = 2**62
 
 
+class Forbidden(Exception):
+    """The service's RBAC role does not allow the request (HTTP 403)."""
+
+
 class PlacementSource(LoggingConfigurable):
     """Kubernetes inventory for placement answers, refreshed at most every ``refresh_every``."""
 
@@ -112,24 +116,32 @@ class PlacementSource(LoggingConfigurable):
             await config.load_kube_config()
         self._api = client.CoreV1Api()
 
+    async def stop(self):
+        if self._api is not None:
+            await self._api.api_client.close()
+            self._api = None
+
     async def _list(self, call, *args):
         response = await asyncio.wait_for(
             call(*args, _preload_content=False, _request_timeout=self.request_timeout),
             self.request_timeout,
         )
-        return json.loads(await response.read())["items"]
+        # without _preload_content the client does not raise on an error status
+        status = getattr(response, "status", 200)
+        body = await response.read()
+        if status == 403:
+            raise Forbidden()
+        if not 200 <= status < 300:
+            raise OSError(f"Kubernetes API answered {status}")
+        return json.loads(body)["items"]
 
     async def _refresh(self):
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         pods = await self._list(self._api.list_namespaced_pod, self.namespace)
         nodes = None
         if not self._nodes_forbidden:
             try:
                 nodes = await self._list(self._api.list_node)
-            except ApiException as e:
-                if e.status != 403:
-                    raise
+            except Forbidden:
                 self._nodes_forbidden = True
                 self.log.warning("No permission to list nodes: placing from pods only")
         now = time.time()

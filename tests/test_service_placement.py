@@ -1,0 +1,90 @@
+"""binder_service placement answers from an emulated cluster's pods and nodes."""
+
+import pytest
+
+from binder_service.placement_source import PlacementSource
+from tests.k8s.faults import Fault
+
+GiB = 2**30
+
+
+def user_pod(name, node, image):
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "jupyterhub"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "notebook",
+                    "image": image,
+                    "resources": {"requests": {"memory": "1Gi"}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.fixture
+async def cluster(k8s_cluster_factory):
+    cluster = await k8s_cluster_factory(scheduler=False, kubelets=False)
+    cluster.add_node("node-1", memory="8Gi", images={"registry/held-by-status:abc": GiB})
+    cluster.add_node("node-2", memory="8Gi")
+    cluster.add_node("full", memory="1Gi")
+    cluster.store.create("pods", user_pod("p1", "node-2", "registry/ran-here:abc"), "default")
+    cluster.store.create("pods", user_pod("p2", "full", "registry/on-full:abc"), "default")
+    return cluster
+
+
+@pytest.fixture
+async def source():
+    sources = []
+
+    async def make():
+        placement = PlacementSource(enabled=True, namespace="default", refresh_every=0)
+        await placement.start()
+        sources.append(placement)
+        return placement
+
+    yield make
+    for placement in sources:
+        await placement.stop()
+
+
+async def test_nodes_holding_the_image_come_first(cluster, source):
+    placement = await source()
+    from_status = await placement.rank("registry/held-by-status:abc")
+    assert from_status[0] == ("node-1", 100)
+    # node-2's complete image list, newer than the pod, lacks the pod's image: evicted
+    assert ("node-2", 100) not in await placement.rank("registry/ran-here:abc")
+    # the full node holds its image but has no room: not recommended
+    on_full = await placement.rank("registry/on-full:abc")
+    assert "full" not in [n for n, _ in on_full] and on_full
+    # an unknown image: a stable choice, weights below the holders'
+    unknown = await placement.rank("registry/new:abc")
+    assert unknown == await placement.rank("registry/new:abc")
+    assert all(1 <= w <= 50 for _, w in unknown)
+    assert await placement.healthy()
+
+
+async def test_without_permission_to_read_nodes_it_uses_pods(cluster, source):
+    cluster.faults.add(Fault(resource="nodes", status=403, error_rate=1.0))
+    placement = await source()
+    answer = await placement.rank("registry/ran-here:abc")
+    assert answer[0] == ("node-2", 100)
+    # nodes no pod ran on are unknown without node access
+    assert {n for n, _ in answer} <= {"node-2", "full"}
+
+
+async def test_unreachable_cluster_gives_no_answer(cluster, source):
+    placement = await source()
+    cluster.faults.outage(30)
+    assert await placement.rank("registry/ran-here:abc") == []
+    assert not await placement.healthy()
+
+
+async def test_disabled_answers_nothing():
+    placement = PlacementSource(enabled=False)
+    await placement.start()
+    assert await placement.rank("registry/x:1") == []
