@@ -932,3 +932,50 @@ async def test_standalone_serve(tmp_path):
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+# ------------------------------------------------------------------ the in-process store API (controllers use it)
+
+
+async def test_store_in_process_api(cluster):
+    store = cluster.store
+    changes = []
+    store.on_change(
+        lambda type_, resource, obj: changes.append((type_, resource, obj["metadata"]["name"]))
+    )
+    watch = store.watch("pods", field_selector="spec.nodeName=node-1")
+    store.create("pods", pod("mine", node="node-1"), namespace="default")
+    store.create("pods", pod("theirs", node="node-2"), namespace="default")
+    store.patch("pods", "default", "mine", {"status": {"phase": "Running"}}, subresource="status")
+    store.delete("pods", "default", "mine", grace_period_seconds=0)
+    events = []
+    async for event in watch:
+        events.append((event["type"], event["object"]["status"]["phase"]))
+        event["object"]["status"]["phase"] = "mutated"  # copies: the store is unaffected
+        if len(events) == 3:
+            watch.close()
+    assert events == [("ADDED", "Pending"), ("MODIFIED", "Running"), ("DELETED", "Running")]
+    assert ("ADDED", "pods", "theirs") in changes and ("DELETED", "pods", "mine") in changes
+    # logs: read, follow in process, closed by the container's exit or the pod's deletion
+    store.create("pods", pod("logger", node="node-1"), namespace="default")
+    store.open_log("default", "logger", "c")
+    assert store.read_log("default", "logger") == []
+    store.append_log("default", "logger", "c", "one")
+    lines = []
+
+    async def follow():
+        async for _, line in store.follow_log("default", "logger"):
+            lines.append(line)
+
+    task = asyncio.create_task(follow())
+    await poll(lambda: lines == ["one"], message="backlog")
+    store.append_log("default", "logger", "c", "two")
+    store.delete("pods", "default", "logger", grace_period_seconds=0)
+    await asyncio.wait_for(task, 10)
+    assert lines == ["one", "two"]
+    # stored objects are not shared with callers
+    created = store.create(
+        "configmaps", {"metadata": {"name": "cm"}, "data": {"a": "1"}}, namespace="default"
+    )
+    created["data"]["a"] = "2"
+    assert store.get("configmaps", "default", "cm")["data"] == {"a": "1"}

@@ -843,12 +843,10 @@ class Store:
             "source": source,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "eventTime": None,
             "count": 1,
             "reportingComponent": component,
             "reportingInstance": host or "",
         }
-        del event["eventTime"]
         return self.create("events", event)
 
     # ------------------------------------------------------------ logs
