@@ -1,0 +1,97 @@
+"""Abuse limits of the anonymous authenticator through a real hub.
+
+New anonymous users per client address per minute, the client address only
+from proxies the hub trusts, and the cap on anonymous users in total.
+"""
+
+from .authhub import fresh_browser, hub_config, whoami
+
+
+async def visit(hub, browser):
+    """A first visit: ``(status, Retry-After, page text)`` at the end of the redirects."""
+    async with browser.get(hub.url + "/hub/home") as resp:
+        return resp.status, resp.headers.get("Retry-After"), await resp.text()
+
+
+async def anonymous_names(hub):
+    status, group = await hub.api("GET", "/groups/binder-anonymous")
+    assert status == 200, group
+    return set(group["users"])
+
+
+async def test_new_users_per_client_address(hub_factory, tmp_path):
+    hub = await hub_factory(
+        hub_config(tmp_path, extra="c.AnonymousAuthenticator.new_users_per_minute = 2\n")
+    )
+    first = fresh_browser(hub, ip="198.51.100.7")
+    name = (await whoami(hub, first))["name"]
+    assert (await visit(hub, fresh_browser(hub, ip="198.51.100.7")))[0] == 200
+    before = await anonymous_names(hub)
+    assert len(before) == 2
+
+    status, retry_after, text = await visit(hub, fresh_browser(hub, ip="198.51.100.7"))
+    assert status == 429
+    assert 1 <= int(retry_after) <= 60
+    assert "Too many new sessions were started from your network" in text
+    # X-Real-Ip is not believed, and entries a client puts left of its own are skipped
+    spoofs = [
+        {"X-Forwarded-For": "198.51.100.7", "X-Real-Ip": "203.0.113.9"},
+        {"X-Forwarded-For": "203.0.113.9, 198.51.100.7"},
+    ]
+    for headers in spoofs:
+        assert (await visit(hub, hub.browser(headers=headers)))[0] == 429
+    assert await anonymous_names(hub) == before
+
+    # another address is not affected, nor is a browser that already has its identity
+    assert (await visit(hub, fresh_browser(hub, ip="198.51.100.8")))[0] == 200
+    assert (await whoami(hub, first))["name"] == name
+    # IPv6 clients are counted per /64
+    assert (await visit(hub, fresh_browser(hub, ip="2001:db8:1:2::1")))[0] == 200
+    assert (await visit(hub, fresh_browser(hub, ip="2001:db8:1:2::2")))[0] == 200
+    assert (await visit(hub, fresh_browser(hub, ip="2001:db8:1:2:ffff::3")))[0] == 429
+    assert (await visit(hub, fresh_browser(hub, ip="2001:db8:1:3::1")))[0] == 200
+
+
+async def test_total_cap_and_untrusted_proxy(hub_factory, tmp_path):
+    hub = await hub_factory(
+        hub_config(
+            tmp_path,
+            extra="""
+c.AnonymousAuthenticator.max_anonymous_users = 2
+c.AnonymousAuthenticator.new_users_per_minute = 3
+# the hub's proxy is not trusted: X-Forwarded-For is ignored, everybody is 127.0.0.1
+c.AnonymousAuthenticator.trusted_proxy_networks = []
+""",
+        )
+    )
+    b1, b2 = fresh_browser(hub, ip="198.51.100.1"), fresh_browser(hub, ip="198.51.100.2")
+    n1 = (await whoami(hub, b1))["name"]
+    n2 = (await whoami(hub, b2))["name"]
+
+    b3 = fresh_browser(hub, ip="198.51.100.3")
+    status, retry_after, text = await visit(hub, b3)
+    assert status == 429
+    assert retry_after == "60"
+    assert "at its limit of visitors" in text
+    assert await anonymous_names(hub) == {n1, n2}
+    # identities that exist keep working at the cap
+    assert (await whoami(hub, b1))["name"] == n1
+
+    # a user that is not anonymous does not count
+    status, _ = await hub.api("POST", "/users/someone-real")
+    assert status == 201
+    status, _ = await hub.api("DELETE", f"/users/{n1}")
+    assert status == 204
+    n3 = (await whoami(hub, b3))["name"]
+    assert await anonymous_names(hub) == {n2, n3}
+
+    # a fourth visitor from yet another X-Forwarded-For address: the cap again,
+    # and once there is room, the rate limit, because all three came from 127.0.0.1
+    b4 = fresh_browser(hub, ip="198.51.100.4")
+    assert (await visit(hub, b4))[0] == 429
+    status, _ = await hub.api("DELETE", f"/users/{n2}")
+    assert status == 204
+    status, retry_after, text = await visit(hub, b4)
+    assert status == 429
+    assert "from your network" in text
+    assert await anonymous_names(hub) == {n3}
