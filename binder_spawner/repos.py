@@ -427,7 +427,6 @@ class RepoPolicy(LoggingConfigurable):
         prefix = text.split("/", 1)[0]
         if prefix in PROVIDERS and "/" in text:
             text, _, query_string = text.partition("?")
-            text = text.split("#", 1)[0]
             query = self._query(query_string)
             rest = text[len(prefix) + 1 :]
             if prefix == "git":

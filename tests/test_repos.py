@@ -302,6 +302,14 @@ ACCEPTED = [
     ),
     # the hub's query form
     P(
+        {"repo": "gh/org/repo", "ref": "issue#12"},
+        "gh",
+        "gh/org/repo/issue#12",
+        "https://github.com/org/repo",
+        "issue#12",
+        id="ref-with-hash",
+    ),
+    P(
         {"repo": "https://github.com/org/repo", "ref": "main", "urlpath": "/lab"},
         "gh",
         "gh/org/repo/main",
