@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from . import __version__
+from . import __version__, inspect_cmd
 
 
 def build_parser():
@@ -19,6 +19,7 @@ def build_parser():
         add_help=False,
     )
     service.set_defaults(func=lambda args: run_service([]))
+    inspect_cmd.add_parser(commands)
     return parser
 
 
