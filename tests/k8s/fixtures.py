@@ -31,6 +31,21 @@ def reset_kubespawner_config():
     clients.load_config.cache_clear()
 
 
+async def stop_kubespawner_reflectors():
+    """KubeSpawner keeps its pod and event reflectors in a class attribute that
+    outlives a test (and its cluster); stop them so the next test starts fresh."""
+    try:
+        from kubespawner import KubeSpawner
+    except ImportError:
+        return
+    for reflector in list(KubeSpawner.reflectors.values()):
+        try:
+            await reflector.stop()
+        except Exception:
+            pass
+    KubeSpawner.reflectors.clear()
+
+
 @pytest.fixture
 async def k8s_cluster_factory(tmp_path, monkeypatch, request):
     clusters = []
@@ -56,6 +71,7 @@ async def k8s_cluster_factory(tmp_path, monkeypatch, request):
     yield factory
     rep = getattr(request.node, "rep_call", None)
     failed = rep is None or rep.failed
+    await stop_kubespawner_reflectors()
     for cluster in clusters:
         if failed:
             sys.stderr.write(
