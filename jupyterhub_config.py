@@ -87,6 +87,11 @@ service_port = int(os.environ.get("BINDER_SERVICE_PORT", "10101"))
 service_command = [sys.executable, "-m", "binder_service"]
 if kubernetes:
     service_command.append("--kubernetes")
+# the service validates launch links with its own RepoPolicy: same hosts, same schemes
+for host in allowed_hosts:
+    service_command.append(f"--RepoPolicy.allowed_hosts={host}")
+if allowed_hosts:
+    service_command.append("--RepoPolicy.allow_http=True")
 c.JupyterHub.services.append(
     {
         "name": "binder",
