@@ -16,7 +16,11 @@ import json
 import sys
 
 from traitlets.config import Config
-from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+from traitlets.config.loader import (
+    ConfigFileNotFound,
+    JSONFileConfigLoader,
+    PyFileConfigLoader,
+)
 
 from .images import build_pod_name, image_name
 from .repos import RepoPolicy, SpecError
@@ -84,6 +88,10 @@ def run(args, out=None):
     out = out or sys.stdout
     try:
         config = load_config(args.config) if args.config else Config()
+    except (OSError, ConfigFileNotFound) as e:
+        print(f"jupyterhub-binder inspect: cannot load {args.config}: {e}", file=sys.stderr)
+        return 1
+    try:
         result = inspect(
             args.link, config=config, resolve=args.resolve, image_prefix=args.image_prefix
         )
