@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from binder_service.hubapi import HubAPI
+
 from .hub import start_hub
 from .utils import free_port, poll
 
@@ -497,3 +499,12 @@ async def test_reservation_expiry(env):
 
 async def _repo_gone(env, repo):
     return repo not in (await env.usage())["repos"]
+
+
+async def test_hub_api_reads_every_page(env):
+    hub = HubAPI(api_url=env.hub.api_url, api_token=env.hub.token, page_size=2)
+    names = [user["name"] async for user in hub.users()]
+    status, everyone = await env.hub.api("GET", "/users?limit=200")
+    assert status == 200
+    assert len(names) > 4 and len(names) == len(set(names))
+    assert sorted(names) == sorted(user["name"] for user in everyone)

@@ -264,3 +264,35 @@ def test_parse_date_roundtrip():
     assert parse_date(iso(5)) == at(5)
     assert parse_date("2026-01-01T12:00:00.000000Z") == T0
     assert parse_date(None) is None
+
+
+async def test_health_is_503_when_the_hub_is_unreachable():
+    import aiohttp
+    from tornado.httpserver import HTTPServer
+
+    from binder_service.app import BinderService
+
+    from .utils import free_port
+
+    port = free_port()
+    app = BinderService()
+    app.initialize(
+        [
+            f"--HubAPI.api_url=http://127.0.0.1:{free_port()}/hub/api",
+            "--HubAPI.retries=0",
+            "--HubAPI.timeout=2",
+        ]
+    )
+    server = HTTPServer(app.make_app())
+    server.listen(port, "127.0.0.1")
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/services/binder/health"
+            async with session.get(url) as resp:
+                assert resp.status == 503
+                assert await resp.json() == {
+                    "ok": False,
+                    "checks": [{"service": "hub", "ok": False}],
+                }
+    finally:
+        server.stop()
