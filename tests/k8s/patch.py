@@ -9,9 +9,17 @@
   are honoured (k8s.io/apimachinery/pkg/util/strategicpatch/patch.go).
 """
 
-import copy
-
 from .errors import ApiError
+
+
+def _clone(value):
+    """A deep copy of JSON data (several times faster than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
+
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -111,24 +119,24 @@ def json_patch(doc, operations):
     """Apply RFC 6902 operations to a copy of ``doc``."""
     if not isinstance(operations, list):
         raise _bad("json patch must be a list of operations")
-    doc = copy.deepcopy(doc)
+    doc = _clone(doc)
     for op in operations:
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
             raise _bad(f"invalid JSON patch operation {op!r}")
         kind, path = op["op"], op["path"]
         parts = _pointer(path)
         if kind == "add":
-            doc = _add(doc, parts, copy.deepcopy(op.get("value")), path)
+            doc = _add(doc, parts, _clone(op.get("value")), path)
         elif kind == "remove":
             _remove(doc, parts, path)
         elif kind == "replace":
             _resolve(doc, parts, path)
             if parts:
                 _remove(doc, parts, path)
-            doc = _add(doc, parts, copy.deepcopy(op.get("value")), path)
+            doc = _add(doc, parts, _clone(op.get("value")), path)
         elif kind in ("move", "copy"):
             source = _pointer(op.get("from", ""))
-            value = copy.deepcopy(_resolve(doc, source, op.get("from")))
+            value = _clone(_resolve(doc, source, op.get("from")))
             if kind == "move":
                 _remove(doc, source, op.get("from"))
             doc = _add(doc, parts, value, path)
@@ -146,15 +154,15 @@ def json_patch(doc, operations):
 def merge_patch(doc, patch):
     """RFC 7386: objects merge recursively, ``null`` deletes, anything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(doc) if isinstance(doc, dict) else {}
+        return _clone(patch)
+    result = _clone(doc) if isinstance(doc, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
         elif isinstance(value, dict):
             result[key] = merge_patch(result.get(key), value)
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = _clone(value)
     return result
 
 
@@ -174,10 +182,10 @@ def _strategic_list(field, original, patch):
     key = _merge_key(field, patch)
     if key == "":
         # no merge strategy: replace, dropping directive items
-        return [copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
-    original = copy.deepcopy(original) if isinstance(original, list) else []
+        return [_clone(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
+    original = _clone(original) if isinstance(original, list) else []
     if any(isinstance(i, dict) and i.get("$patch") == "replace" for i in patch):
-        return [copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
+        return [_clone(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
     if key is None:
         # a set of primitives (finalizers)
         for item in patch:
@@ -207,10 +215,10 @@ def strategic_merge_patch(doc, patch):
     if not isinstance(patch, dict):
         raise _bad("strategic merge patch must be a JSON object")
     if patch.get("$patch") == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+        return {k: _clone(v) for k, v in patch.items() if k != "$patch"}
     if patch.get("$patch") == "delete":
         return {}
-    result = copy.deepcopy(doc) if isinstance(doc, dict) else {}
+    result = _clone(doc) if isinstance(doc, dict) else {}
     for key, value in patch.items():
         if key == "$patch" or key == "$retainKeys" or key.startswith("$setElementOrder/"):
             continue

@@ -42,6 +42,7 @@ Objects handed out are copies; mutate them freely. Errors are
 
 import asyncio
 import base64
+import bisect
 import collections
 import datetime
 import itertools
@@ -189,6 +190,7 @@ class Store:
         self.rng = rng or random.Random()
         self._rv = 0
         self._objects = {plural: {} for plural in RESOURCES}
+        self._sorted_keys = {}  # resource -> sorted keys, dropped when one is added or removed
         self._watches = {plural: set() for plural in RESOURCES}
         self._history = collections.deque()
         self._compacted_rv = 0
@@ -287,16 +289,19 @@ class Store:
         rt = self.resource_type(resource)
         selector = Selector(rt.plural, label_selector, field_selector)
         objects = self._objects[rt.plural]
-        keys = sorted(objects)
-        result = []
-        for key in keys:
-            if namespace and rt.namespaced and key[0] != namespace:
-                continue
-            obj = objects[key]
-            if selector and not selector.matches(obj):
-                continue
-            result.append(obj)
-        return result
+        keys = self._sorted_keys.get(rt.plural)
+        if keys is None:
+            keys = self._sorted_keys[rt.plural] = sorted(objects)
+        if namespace and rt.namespaced:
+            # keys are (namespace, name): one namespace is a contiguous slice
+            keys = keys[
+                bisect.bisect_left(keys, (namespace,)) : bisect.bisect_left(
+                    keys, (namespace + "\0",)
+                )
+            ]
+        if not selector:
+            return [objects[key] for key in keys]
+        return [objects[key] for key in keys if selector.matches(objects[key])]
 
     def list(self, resource, namespace=None, label_selector=None, field_selector=None):
         """``(items, resourceVersion)``: copies of the matching objects."""
@@ -408,6 +413,7 @@ class Store:
         meta["generation"] = 1
         meta["resourceVersion"] = self._next_rv()
         self._objects[rt.plural][key] = obj
+        self._sorted_keys.pop(rt.plural, None)
         self._track_owners(rt, obj)
         self._notify(rt, ADDED, obj, None)
         return clone(obj)
@@ -681,6 +687,7 @@ class Store:
         if self._objects[rt.plural].get(key) is not obj:
             return clone(obj)
         del self._objects[rt.plural][key]
+        self._sorted_keys.pop(rt.plural, None)
         self._track_owners(rt, obj, add=False)
         timer = self._timers.pop(
             (rt.plural, meta.get("namespace", ""), meta["name"], meta["uid"]), None
