@@ -29,6 +29,8 @@ from tornado.log import LogFormatter
 from traitlets import Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import Application, TraitError
 
+from binder_spawner.repos import RepoPolicy, SpecError
+
 from . import handlers as handlers_module
 from .culler import Culler
 from .hubapi import HubAPI, HubAPIError
@@ -45,7 +47,7 @@ class BinderService(Application):
 
     name = "binder-service"
     description = __doc__
-    classes = [HubAPI, Culler, PlacementSource]
+    classes = [HubAPI, Culler, PlacementSource, RepoPolicy]
 
     aliases = {
         "config": "BinderService.config_file",
@@ -342,8 +344,6 @@ class BinderService(Application):
     def policy(self):
         """The RepoPolicy (``c.RepoPolicy.*`` applies), created on first use."""
         if self._policy is None:
-            from binder_spawner.repos import RepoPolicy
-
             self._policy = RepoPolicy(parent=self, log=self.log)
         return self._policy
 
@@ -359,8 +359,6 @@ class BinderService(Application):
 
     def parse_launch(self, provider_spec):
         """The LaunchSpec of a ``v2/`` path; a bad one raises a 4xx ``HTTPError``."""
-        from binder_spawner.repos import SpecError
-
         try:
             return self.policy.parse(provider_spec)
         except SpecError as e:
