@@ -45,6 +45,7 @@ FAKE_REPO2DOCKER = Path(__file__).resolve().with_name("fake_repo2docker.py")
 # with 200 "ok". argv: host port...
 GENERIC_PROGRAM = """
 import http.server, sys, threading, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers()
@@ -56,7 +57,6 @@ for port in ports:
     server = http.server.ThreadingHTTPServer((host, port), H)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 print("serving on", host, ports, flush=True)
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 threading.Event().wait()
 """
 
@@ -71,6 +71,9 @@ class CatalogEntry:
     in_registry: bool = False
     # the image's ENV: applied before the container's own env
     env: dict = field(default_factory=dict)
+    # the image's USER (uid, gid): used when the securityContext sets no runAsUser
+    user: int | None = None
+    group: int | None = None
 
     def matches(self, image: str) -> bool:
         if image == self.pattern:
@@ -138,11 +141,27 @@ class Catalog:
         for entry in entries or []:
             self.entries.insert(0, entry)
 
-    def add(self, pattern, kind=GENERIC, *, size=200 * MB, in_registry=False, env=None):
-        """Add (in front, so it wins over earlier entries) and return an entry."""
+    def add(
+        self,
+        pattern,
+        kind=GENERIC,
+        *,
+        size=200 * MB,
+        in_registry=False,
+        env=None,
+        user=None,
+        group=None,
+    ):
+        """Add (in front, so it wins over earlier entries) and return an entry.
+
+        Single-user images default to the Jupyter images' ``USER jovyan``
+        (uid 1000, gid 100), so they run without ``--allow-root``.
+        """
         if kind not in (SINGLEUSER, REPO2DOCKER, GENERIC):
             raise ValueError(f"unknown catalog kind {kind!r}")
-        entry = CatalogEntry(pattern, kind, size, in_registry, dict(env or {}))
+        if kind == SINGLEUSER and user is None:
+            user, group = 1000, 100 if group is None else group
+        entry = CatalogEntry(pattern, kind, size, in_registry, dict(env or {}), user, group)
         self.entries.insert(0, entry)
         return entry
 

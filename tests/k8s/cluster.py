@@ -26,6 +26,7 @@ from aiohttp import web
 
 from .apiserver import KUBERNETES_VERSION, ApiServer
 from .catalog import Catalog
+from .clusterdns import ClusterDNS
 from .faults import FaultInjector
 from .kubelet import KubeletPool
 from .rbac import Authorizer
@@ -108,6 +109,8 @@ class Cluster:
         self.kubelets = None
         #: the scheduler loop (scheduling.SchedulerLoop), once started
         self.scheduler = None
+        #: Service name records for processes that opt in (clusterdns.ClusterDNS)
+        self.dns = None
         #: node name -> the options it was added with (capacity, images, bandwidth, ...)
         self.nodes = {}
         self._controllers = []
@@ -157,6 +160,15 @@ class Cluster:
         for name, options in self.nodes.items():
             self.kubelets.start_node(name, options)
         self._controllers.append(self.kubelets.stop)
+        self.dns = ClusterDNS(self.store, self.directory / "cluster-hosts").start()
+        self._controllers.append(self.dns.stop)
+
+    def dns_environment(self, pythonpath=None):
+        """Environment for child processes (a hub, its proxy) to resolve Service names.
+
+        See tests/k8s/clusterdns.py; ``pythonpath`` is kept after the resolver's folder.
+        """
+        return self.dns.environment(pythonpath)
 
     async def stop(self):
         for stop in reversed(self._controllers):

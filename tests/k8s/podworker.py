@@ -491,6 +491,9 @@ class PodWorker:
         argv = [expand(arg, env) for arg in launch.argv]
         env.update(launch.env)
         uid, gid, groups = security_ids(self.pod, container)
+        if uid is None and entry is not None and entry.user is not None:
+            uid = entry.user  # the image's USER
+            gid = entry.group if gid is None else gid
         cwd = mounts.get(container.get("workingDir") or "", str(home))
         chown_tree(self.dir, uid, gid)
         status = self._container_status(container, init)
