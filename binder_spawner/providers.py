@@ -176,7 +176,12 @@ class GitLabProvider(Provider):
 
     def _make(self, namespace, ref, base_url):
         parts = namespace.split("/")
-        if len(parts) < 2 or not all(_GL_PART.match(p) for p in parts):
+        if len(parts) < 2:
+            raise SpecError(
+                'A GitLab spec looks like "gl/<URL-encoded namespace>/<ref>", '
+                'e.g. "gl/group%2Fproject/main".'
+            )
+        if not all(_GL_PART.match(p) for p in parts):
             raise _bad_repo(self.display_name)
         ref = ref or "HEAD"
         return RepoRef(

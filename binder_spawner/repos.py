@@ -291,6 +291,7 @@ class RepoPolicy(LoggingConfigurable):
         super().__init__(**kwargs)
         self._cache = OrderedDict()
         self._inflight = {}
+        self._table_cache = None
         #: monotonic clock; tests replace it to move time
         self.clock = time.monotonic
 
@@ -311,22 +312,41 @@ class RepoPolicy(LoggingConfigurable):
     def _default_provider_urls(self):
         return {}
 
-    def _provider_urls(self):
+    def _tables(self):
+        """Derived lookup tables, rebuilt only when the settings they come from change."""
+        key = (
+            tuple(self.allowed_hosts),
+            tuple(sorted(self.provider_urls.items())),
+            tuple(self.banned_networks),
+        )
+        if self._table_cache is not None and self._table_cache[0] == key:
+            return self._table_cache[1]
         urls = dict(DEFAULT_PROVIDER_URLS)
         urls.update({k: v.rstrip("/") for k, v in self.provider_urls.items()})
-        return urls
-
-    def _trusted_hostports(self):
-        """(host, port or None) pairs exempt from the address checks."""
+        provider_hosts = {}
         trusted = set()
         for entry in self.allowed_hosts:
             trusted.add(self._split_hostport(entry.strip().lower()))
-        for url in self._provider_urls().values():
+        for name, url in urls.items():
             parts = urlsplit(url)
             if parts.hostname:
-                port = parts.port or (443 if parts.scheme == "https" else 80)
-                trusted.add((netcheck.normalise_host(parts.hostname), port))
-        return trusted
+                hostport = (
+                    netcheck.normalise_host(parts.hostname),
+                    parts.port or (443 if parts.scheme == "https" else 80),
+                )
+                trusted.add(hostport)
+                provider_hosts.setdefault(hostport, []).append(name)
+        tables = _Tables(
+            provider_urls=urls,
+            provider_hosts=provider_hosts,
+            trusted=frozenset(trusted),
+            banned_networks=netcheck.parse_networks(self.banned_networks),
+        )
+        self._table_cache = (key, tables)
+        return tables
+
+    def _provider_urls(self):
+        return self._tables().provider_urls
 
     @staticmethod
     def _split_hostport(entry):
@@ -344,7 +364,7 @@ class RepoPolicy(LoggingConfigurable):
         return host, int(port) if port.isdigit() else None
 
     def _is_trusted(self, host, port):
-        trusted = self._trusted_hostports()
+        trusted = self._tables().trusted
         return (host, port) in trusted or (host, None) in trusted
 
     def config_for(self, spec):
@@ -447,15 +467,10 @@ class RepoPolicy(LoggingConfigurable):
                 )
         url, parts = self._check_url(text)
         query = self._query(parts.query)
-        hostport = (parts.host, parts.port)
-        for name, base in self._provider_urls().items():
-            if name not in self.allowed_providers or name not in PROVIDERS:
-                continue
-            base_parts = urlsplit(base)
-            base_port = base_parts.port or (443 if base_parts.scheme == "https" else 80)
-            base_host = netcheck.normalise_host(base_parts.hostname or "")
-            if hostport == (base_host, base_port):
-                repo = PROVIDERS[name].from_url(parts.path, base)
+        tables = self._tables()
+        for name in tables.provider_hosts.get((parts.host, parts.port), ()):
+            if name in self.allowed_providers and name in PROVIDERS:
+                repo = PROVIDERS[name].from_url(parts.path, tables.provider_urls[name])
                 return self._with_ref(repo, repo.ref), query
         return PROVIDERS["git"].make(url, ""), query
 
@@ -525,7 +540,7 @@ class RepoPolicy(LoggingConfigurable):
             )
 
     def _banned_networks(self):
-        return netcheck.parse_networks(self.banned_networks)
+        return self._tables().banned_networks
 
     def _check_spec_allowed(self, repo):
         candidates = (repo.spec, f"{repo.repo}/{repo.spec_ref}")
@@ -758,6 +773,16 @@ class RepoPolicy(LoggingConfigurable):
         return SpecError(
             f"Could not read the repository at {repo_url}. Check the link and try again.", 404
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tables:
+    provider_urls: dict
+    #: (host, port) -> provider names whose web links live there
+    provider_hosts: dict
+    #: (host, port or None) exempt from the address checks
+    trusted: frozenset
+    banned_networks: list
 
 
 @dataclasses.dataclass(frozen=True)

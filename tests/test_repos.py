@@ -532,7 +532,7 @@ REJECTED = [
     R("gh/../repo/main", 400, "not a valid GitHub", "gh-dotdot"),
     R("gh/org/..", 400, "not a valid GitHub", "gh-repo-dotdot"),
     R("gh/o%2Fx/repo/main", 400, "not a valid GitHub", "gh-encoded-slash"),
-    R("gl/proj/main", 400, "not a valid GitLab", "gl-one-segment"),
+    R("gl/proj/main", 400, "URL-encoded namespace", "gl-one-segment"),
     R("gl/group%2F..%2Fx/main", 400, "not a valid GitLab", "gl-dotdot"),
     R("https://github.com/org/repo/issues/1", 400, "does not point", "gh-issue-url"),
     R("https://github.com/org", 400, "does not point", "gh-user-url"),
