@@ -312,6 +312,8 @@ class BinderService(Application):
         if self.config_file:
             path = Path(self.config_file)
             self.load_config_file(path.name, path=str(path.parent.resolve()))
+            # the command line wins over the file
+            self.update_config(self.cli_config)
         self.log.name = "BinderService"
         self.clock = Clock(self.clock_offset_file)
         self.metrics = Metrics()

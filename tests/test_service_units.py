@@ -296,3 +296,31 @@ async def test_health_is_503_when_the_hub_is_unreachable():
                 }
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        pytest.param(
+            "binder_service_config.py",
+            "c.BinderService.per_repo_limit = 7\nc.Culler.timeout = 42\n",
+            id="py",
+        ),
+        pytest.param(
+            "binder_service_config.json",
+            '{"BinderService": {"per_repo_limit": 7}, "Culler": {"timeout": 42}}',
+            id="json",
+        ),
+    ],
+)
+def test_config_file_and_command_line(tmp_path, name, text):
+    from binder_service.app import BinderService
+
+    path = tmp_path / name
+    path.write_text(text)
+    app = BinderService()
+    app.initialize([f"--config={path}", "--max-age=99", "--per-repo-limit=8"])
+    assert app.culler.timeout == 42
+    assert app.culler.max_age == 99
+    assert app.per_repo_limit == 8  # the command line wins
+    assert app.store.rules.per_repo == 8
