@@ -68,6 +68,20 @@ class LaunchSpec:
     #: identity for per-repository limits, see :attr:`repo_key`
     key: str = dataclasses.field(default="", repr=False)
 
+    def __post_init__(self):
+        # A LaunchSpec built by hand (e.g. from saved state) gets its derived fields.
+        if (not self.build_slug or not self.key) and self.spec:
+            name, _, rest = self.spec.partition("/")
+            provider = PROVIDERS.get(name)
+            if provider is not None:
+                try:
+                    repo = provider.from_spec(rest, DEFAULT_PROVIDER_URLS.get(name, ""))
+                except SpecError:
+                    return
+                self.build_slug = self.build_slug or repo.build_slug
+                if not self.key:
+                    self.key = repo.key if name != "git" else _git_key(repo.repo_url)
+
     @property
     def repo_key(self):
         """The normalised spec without the ref, e.g. ``gh/org/repo``.
@@ -88,6 +102,10 @@ class LaunchSpec:
             "urlpath": self.urlpath,
             "repo_key": self.repo_key,
         }
+
+
+def _git_key(url):
+    return PROVIDERS["git"].make(url, "").key
 
 
 def _first(value, name):

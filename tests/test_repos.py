@@ -706,3 +706,25 @@ def test_parse_ls_remote_prefers_peeled_tags_and_branches():
     del refs["refs/heads/x"]
     assert gitref.pick_commit(refs, "x") == "d" * 40
     assert gitref.pick_commit(refs, "y") is None
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        pytest.param("gh/Org/Repo/main", id="gh"),
+        pytest.param("gl/group%2Fproj/main", id="gl"),
+        pytest.param("git/https%3A%2F%2Fexample.org%2Fr.git/main", id="git"),
+        pytest.param("gist/u/abc/HEAD", id="gist"),
+    ],
+)
+def test_launch_spec_built_by_hand_derives_slug_and_key(policy, link):
+    parsed = policy.parse(link)
+    by_hand = LaunchSpec(
+        provider=parsed.provider,
+        spec=parsed.spec,
+        repo_url=parsed.repo_url,
+        ref=parsed.ref,
+        urlpath="",
+        commit=SHA,
+    )
+    assert (by_hand.build_slug, by_hand.repo_key) == (parsed.build_slug, parsed.repo_key)
