@@ -14,7 +14,8 @@ A repository is reachable with and without ``.git`` (``http-backend`` tries
 both), like on GitHub. ``set_private(name)`` makes the server answer 401 for
 it (what GitHub answers for a missing or private repository), ``hold(name)``
 makes requests for it wait until ``release(name)`` (for timeout tests), and
-``requests[name]`` counts the ref advertisements served per repository.
+``requests[name]`` counts the ref advertisements served per repository, and
+``redirect(name, url)`` answers 301 for it (as a renamed GitHub repository).
 """
 
 import collections
@@ -45,6 +46,7 @@ class GitServer:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.private = set()
+        self.redirects = {}
         self.requests = collections.Counter()
         self._holds = {}
         self._lock = threading.Lock()
@@ -192,6 +194,10 @@ class GitServer:
         else:
             self.private.discard(key)
 
+    def redirect(self, name, location):
+        """Answer every request for ``name`` with a 301 to ``location`` (+ the rest of the path)."""
+        self.redirects[name.strip("/").removesuffix(".git")] = location.rstrip("/")
+
     def hold(self, name):
         """Make requests for ``name`` wait until :meth:`release` (or the server stops)."""
         key = name.strip("/").removesuffix(".git")
@@ -255,6 +261,15 @@ class _GitHandler(BaseHTTPRequestHandler):
         if path.endswith("/info/refs"):
             with state._lock:
                 state.requests[key] += 1
+        if key in state.redirects:
+            suffix = path.split(key, 1)[1].removeprefix(".git")
+            self.send_response(301)
+            self.send_header(
+                "Location", state.redirects[key] + suffix + ("?" + query if query else "")
+            )
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if key in state.private:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="git"')

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from binder_spawner import gitref
 from binder_spawner.repos import RepoPolicy, SpecError
 
 
@@ -168,3 +169,29 @@ async def test_names_resolving_to_private_addresses_are_refused(git_server):
     resolved = await trusting.resolve(trusting.parse(f"http://{name}:{port}/org/repo"))
     assert resolved.commit == git_server.sha("org/repo", "main")
     assert git_server.requests["org/repo"] == 1
+
+
+async def test_redirects_are_not_followed(policy, repo, git_server):
+    url, _ = repo
+    git_server.redirect("old/name", url)
+    before = git_server.requests["org/repo"]
+    with pytest.raises(SpecError, match="redirects elsewhere") as info:
+        await policy.resolve(policy.parse(git_server.url + "/old/name"))
+    assert info.value.status_code == 404
+    assert git_server.requests["org/repo"] == before  # the target was never asked
+
+
+async def test_git_connects_to_the_pinned_address(repo, git_server):
+    """git 2.37+ honours http.curloptResolve: a name DNS does not know reaches the pin."""
+    _, shas = repo
+    port = git_server.host.split(":")[1]
+    url = f"http://pinned.invalid:{port}/org/repo"
+    args = gitref.ls_remote_command(
+        url, "HEAD", allowed_schemes=("http",), pins=[f"pinned.invalid:{port}:127.0.0.1"]
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert gitref.parse_ls_remote(out.decode())["HEAD"] == shas["main"]
