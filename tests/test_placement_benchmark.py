@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "placement.py"
-KEYS = {"hit_rate", "pulls", "gb_pulled", "ttr_mean_s", "ttr_p90_s", "refused"}
+KEYS = {"hit_rate", "pulls", "gb_pulled", "ttr_mean_s", "ttr_p90_s", "ttr_p99_s", "refused"}
 
 
 def write_trace(path, launches):
