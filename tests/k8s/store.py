@@ -40,11 +40,9 @@ Objects handed out are copies; mutate them freely. Errors are
 :class:`tests.k8s.errors.ApiError` with the status the API server would send.
 """
 
-import asyncio
 import base64
 import bisect
 import collections
-import datetime
 import itertools
 import json
 import logging
@@ -53,132 +51,30 @@ import time
 import uuid
 
 from . import errors
+from .deletion import DeletionMixin
 from .errors import ApiError
+from .logs import LogBuffer, PodLogsMixin  # noqa: F401
 from .patch import STRATEGIC_MERGE_PATCH, apply_patch
 from .resources import RESOURCES, apply_defaults, random_suffix
 from .selectors import Selector
+from .util import clone, micro_timestamp, timestamp  # noqa: F401
+from .watch import ADDED, BOOKMARK, DELETED, ERROR, MODIFIED, Change, Watch  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-ADDED, MODIFIED, DELETED, BOOKMARK, ERROR = "ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"
+__all__ = [
+    "Store",
+    "Watch",
+    "clone",
+    "timestamp",
+    "micro_timestamp",
+    "ADDED",
+    "MODIFIED",
+    "DELETED",
+]
 
 
-def clone(value):
-    """A deep copy of JSON-like data (much faster than copy.deepcopy)."""
-    if isinstance(value, dict):
-        return {k: clone(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clone(v) for v in value]
-    return value
-
-
-def timestamp(seconds=None):
-    """RFC 3339 in UTC with second precision, as metav1.Time serialises."""
-    when = datetime.datetime.fromtimestamp(
-        time.time() if seconds is None else seconds, datetime.timezone.utc
-    )
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def micro_timestamp(seconds=None):
-    when = datetime.datetime.fromtimestamp(
-        time.time() if seconds is None else seconds, datetime.timezone.utc
-    )
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-Change = collections.namedtuple("Change", "rv resource type obj old")
-
-
-class Watch:
-    """One watch: a queue of ``(type, object)`` pairs fed by the store.
-
-    ``async for event in watch`` yields ``{"type", "object"}`` dicts (copies).
-    The HTTP layer uses :meth:`next_raw`, which can also time out and emit
-    bookmarks. ``close()`` ends the iteration.
-    """
-
-    def __init__(self, store, resource, namespace, selector, allow_bookmarks=False):
-        self.store = store
-        self.resource = resource
-        self.namespace = namespace
-        self.selector = selector
-        self.allow_bookmarks = allow_bookmarks
-        self.queue = asyncio.Queue()
-        self.closed = False
-
-    def _offer(self, change):
-        if self.closed:
-            return
-        obj, old = change.obj, change.old
-        if self.namespace and obj["metadata"].get("namespace") != self.namespace:
-            return
-        if not self.selector:
-            self.queue.put_nowait((change.type, obj))
-            return
-        # An object that starts or stops matching the selector is ADDED or
-        # DELETED for this watcher (apiserver cacher.go, watchCacheEvent).
-        now = self.selector.matches(obj)
-        before = old is not None and self.selector.matches(old)
-        if change.type == DELETED:
-            if now or before:
-                self.queue.put_nowait((DELETED, obj))
-        elif now and before:
-            self.queue.put_nowait((MODIFIED, obj))
-        elif now:
-            self.queue.put_nowait((ADDED, obj))
-        elif before:
-            self.queue.put_nowait((DELETED, obj))
-
-    def close(self):
-        if not self.closed:
-            self.closed = True
-            self.queue.put_nowait(None)
-            self.store._watches[self.resource].discard(self)
-
-    async def next_raw(self, timeout=None):
-        """The next ``(type, obj)`` (the stored object: do not mutate), or None when closed.
-
-        With ``timeout``: a BOOKMARK if bookmarks are allowed, else ``("TIMEOUT", None)``.
-        """
-        try:
-            item = (
-                await asyncio.wait_for(self.queue.get(), timeout)
-                if timeout
-                else await self.queue.get()
-            )
-        except asyncio.TimeoutError:
-            if self.allow_bookmarks:
-                return BOOKMARK, self.store.bookmark_object(self.resource)
-            return "TIMEOUT", None
-        if item is None:
-            self.closed = True
-        return item
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        item = await self.next_raw()
-        if item is None:
-            raise StopAsyncIteration
-        return {"type": item[0], "object": clone(item[1])}
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        self.close()
-
-
-class LogBuffer:
-    def __init__(self):
-        self.lines = []  # (timestamp string, text)
-        self.closed = False
-        self.followers = set()
-
-
-class Store:
+class Store(DeletionMixin, PodLogsMixin):
     """In-memory Kubernetes objects with the API server's semantics (see module docstring)."""
 
     def __init__(self, *, validator=None, max_history=20000, rng=None, remove_after_grace=True):
@@ -562,259 +458,6 @@ class Store:
             self._maybe_remove(rt, new)
         return clone(new)
 
-    # ------------------------------------------------------------ delete
-
-    def delete(
-        self,
-        resource,
-        namespace,
-        name,
-        grace_period_seconds=None,
-        preconditions=None,
-        propagation_policy=None,
-    ):
-        """DELETE. Returns the object as the API server does (with deletionTimestamp if graceful)."""
-        rt = self.resource_type(resource)
-        current = self._internal(rt, namespace, name)
-        meta = current["metadata"]
-        preconditions = preconditions or {}
-        if preconditions.get("uid") and preconditions["uid"] != meta["uid"]:
-            raise errors.conflict(
-                rt.plural,
-                name,
-                rt.group,
-                f"Precondition failed: UID in precondition: {preconditions['uid']}, UID in object meta: {meta['uid']}",
-            )
-        if (
-            preconditions.get("resourceVersion")
-            and preconditions["resourceVersion"] != meta["resourceVersion"]
-        ):
-            raise errors.conflict(
-                rt.plural,
-                name,
-                rt.group,
-                f"Precondition failed: ResourceVersion in precondition: {preconditions['resourceVersion']}, "
-                f"ResourceVersion in object meta: {meta['resourceVersion']}",
-            )
-        if propagation_policy not in (None, "Orphan", "Background", "Foreground"):
-            raise errors.invalid(
-                "DeleteOptions",
-                "",
-                [("propagationPolicy", f"Unsupported value: {propagation_policy!r}")],
-            )
-        grace = self._grace_period(rt, current, grace_period_seconds)
-        key = (rt.plural, meta.get("namespace", ""), name, meta["uid"])
-        if propagation_policy == "Orphan":
-            self._orphan_dependents(meta["uid"])
-        if rt.plural == "namespaces":
-            return self._delete_namespace(rt, current)
-        if grace == 0:
-            self._grace_done.add(key)
-        if grace == 0 and not meta.get("finalizers"):
-            return self._remove(rt, current)
-        # Graceful deletion and/or finalizers: mark, keep the object.
-        new = clone(current)
-        new_meta = new["metadata"]
-        if not new_meta.get("deletionTimestamp") or (
-            grace is not None and grace < new_meta.get("deletionGracePeriodSeconds", grace + 1)
-        ):
-            new_meta["deletionTimestamp"] = timestamp(time.time() + (grace or 0))
-            new_meta["deletionGracePeriodSeconds"] = grace or 0
-            if propagation_policy == "Foreground":
-                new_meta.setdefault("finalizers", []).append("foregroundDeletion")
-            new_meta["resourceVersion"] = self._next_rv()
-            self._objects[rt.plural][self._key(rt, new_meta.get("namespace"), name)] = new
-            self._notify(rt, MODIFIED, new, current)
-            if grace:
-                self._start_grace_timer(rt, new, grace)
-        if "foregroundDeletion" in (new_meta.get("finalizers") or []):
-            self._foreground(rt, new)
-        return clone(new)
-
-    def _grace_period(self, rt, obj, requested):
-        if rt.plural != "pods":
-            return 0
-        # pkg/registry/core/pod/strategy.go CheckGracefulDelete: unscheduled or
-        # finished pods go at once; otherwise the request's period, else the spec's.
-        if not obj.get("spec", {}).get("nodeName"):
-            return 0
-        if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            return 0
-        if requested is not None:
-            return max(0, int(requested))
-        return int(obj["spec"].get("terminationGracePeriodSeconds", 30))
-
-    def _start_grace_timer(self, rt, obj, grace):
-        if not self.remove_after_grace:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        meta = obj["metadata"]
-        key = (rt.plural, meta.get("namespace", ""), meta["name"], meta["uid"])
-        old = self._timers.pop(key, None)
-        if old:
-            old.cancel()
-        self._timers[key] = loop.call_later(grace, self._grace_expired, key)
-
-    def _grace_expired(self, key):
-        self._timers.pop(key, None)
-        resource, ns, name, uid = key
-        rt = RESOURCES[resource]
-        obj = self._objects[resource].get(self._key(rt, ns, name))
-        if obj is None or obj["metadata"]["uid"] != uid:
-            return
-        self._grace_done.add(key)
-        self._maybe_remove(rt, obj)
-
-    def _maybe_remove(self, rt, obj):
-        meta = obj["metadata"]
-        key = (rt.plural, meta.get("namespace", ""), meta["name"], meta["uid"])
-        if meta.get("finalizers"):
-            return
-        if (
-            rt.plural == "pods"
-            and meta.get("deletionGracePeriodSeconds")
-            and key not in self._grace_done
-        ):
-            return
-        self._remove(rt, obj)
-
-    def _remove(self, rt, obj):
-        meta = obj["metadata"]
-        key = self._key(rt, meta.get("namespace"), meta["name"])
-        if self._objects[rt.plural].get(key) is not obj:
-            return clone(obj)
-        del self._objects[rt.plural][key]
-        self._sorted_keys.pop(rt.plural, None)
-        self._track_owners(rt, obj, add=False)
-        timer = self._timers.pop(
-            (rt.plural, meta.get("namespace", ""), meta["name"], meta["uid"]), None
-        )
-        if timer:
-            timer.cancel()
-        self._grace_done.discard((rt.plural, meta.get("namespace", ""), meta["name"], meta["uid"]))
-        removed = clone(obj)
-        removed["metadata"]["resourceVersion"] = self._next_rv()
-        self._notify(rt, DELETED, removed, obj)
-        if rt.plural == "pods":
-            self._drop_logs(meta.get("namespace"), meta["name"])
-        self._collect_garbage(meta["uid"])
-        if rt.namespaced:
-            self._maybe_finish_namespace(meta.get("namespace"))
-        return clone(removed)
-
-    def _collect_garbage(self, owner_uid):
-        """Background propagation: delete dependents whose owners are all gone."""
-        dependents = self._dependents.pop(owner_uid, set())
-        live_uids = None
-        for resource, ns, name in sorted(dependents):
-            rt = RESOURCES[resource]
-            obj = self._objects[resource].get(self._key(rt, ns, name))
-            if obj is None:
-                continue
-            refs = obj["metadata"].get("ownerReferences") or []
-            if live_uids is None:
-                live_uids = {
-                    o["metadata"]["uid"] for objs in self._objects.values() for o in objs.values()
-                }
-            if any(r.get("uid") in live_uids for r in refs if r.get("uid") != owner_uid):
-                continue
-            self.delete(resource, ns, name)
-
-    def _orphan_dependents(self, owner_uid):
-        for resource, ns, name in sorted(self._dependents.get(owner_uid, set())):
-            rt = RESOURCES[resource]
-            obj = self._objects[resource].get(self._key(rt, ns, name))
-            if obj is None:
-                continue
-            refs = [
-                r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != owner_uid
-            ]
-            self.patch(
-                resource,
-                ns,
-                name,
-                [{"op": "replace", "path": "/metadata/ownerReferences", "value": refs}],
-                "application/json-patch+json",
-            )
-
-    def _foreground(self, rt, owner):
-        uid = owner["metadata"]["uid"]
-        for resource, ns, name in sorted(self._dependents.get(uid, set())):
-            if self.exists(resource, ns, name):
-                self.delete(resource, ns, name, propagation_policy="Foreground")
-        if not any(self.exists(*d) for d in self._dependents.get(uid, set())):
-            finalizers = [
-                f for f in owner["metadata"].get("finalizers", []) if f != "foregroundDeletion"
-            ]
-            meta = owner["metadata"]
-            self.patch(
-                rt.plural,
-                meta.get("namespace"),
-                meta["name"],
-                {"metadata": {"finalizers": finalizers or None}},
-                "application/merge-patch+json",
-            )
-
-    def _delete_namespace(self, rt, ns):
-        name = ns["metadata"]["name"]
-        if ns.get("status", {}).get("phase") != "Terminating":
-            new = clone(ns)
-            new["metadata"]["deletionTimestamp"] = timestamp()
-            new["metadata"]["deletionGracePeriodSeconds"] = 0
-            new["status"] = {"phase": "Terminating"}
-            new["metadata"]["resourceVersion"] = self._next_rv()
-            self._objects["namespaces"][("", name)] = new
-            self._notify(rt, MODIFIED, new, ns)
-            for plural, objects in self._objects.items():
-                if RESOURCES[plural].namespaced:
-                    for key in sorted(k for k in objects if k[0] == name):
-                        if key in objects:
-                            self.delete(plural, name, key[1])
-        self._maybe_finish_namespace(name)
-        obj = self._objects["namespaces"].get(("", name))
-        return (
-            clone(obj)
-            if obj
-            else {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": name}}
-        )
-
-    def _maybe_finish_namespace(self, name):
-        ns = self._objects["namespaces"].get(("", name))
-        if ns is None or ns.get("status", {}).get("phase") != "Terminating":
-            return
-        for plural, objects in self._objects.items():
-            if RESOURCES[plural].namespaced and any(k[0] == name for k in objects):
-                return
-        self._remove(RESOURCES["namespaces"], ns)
-
-    def delete_collection(
-        self,
-        resource,
-        namespace=None,
-        label_selector=None,
-        field_selector=None,
-        grace_period_seconds=None,
-        propagation_policy=None,
-    ):
-        rt = self.resource_type(resource)
-        deleted = []
-        for obj in list(self.select(resource, namespace, label_selector, field_selector)):
-            meta = obj["metadata"]
-            if self.exists(resource, meta.get("namespace"), meta["name"]):
-                deleted.append(
-                    self.delete(
-                        rt.plural,
-                        meta.get("namespace"),
-                        meta["name"],
-                        grace_period_seconds,
-                        propagation_policy=propagation_policy,
-                    )
-                )
-        return deleted
-
     # ------------------------------------------------------------ events
 
     _event_counter = itertools.count()
@@ -855,86 +498,6 @@ class Store:
             "reportingInstance": host or "",
         }
         return self.create("events", event)
-
-    # ------------------------------------------------------------ logs
-
-    def _log_key(self, namespace, pod, container):
-        return (namespace, pod, container)
-
-    def append_log(self, namespace, pod, container, line, when=None):
-        """Add one line (without its newline) to a container's log."""
-        buffer = self._logs.setdefault(self._log_key(namespace, pod, container), LogBuffer())
-        entry = (micro_timestamp(when), line)
-        buffer.lines.append(entry)
-        for queue in list(buffer.followers):
-            queue.put_nowait(entry)
-
-    def open_log(self, namespace, pod, container):
-        """Mark a container as started: its (possibly empty) log can be read."""
-        self._logs.setdefault(self._log_key(namespace, pod, container), LogBuffer())
-
-    def close_log(self, namespace, pod, container):
-        """The container exited: followers reach the end of the log."""
-        buffer = self._logs.setdefault(self._log_key(namespace, pod, container), LogBuffer())
-        buffer.closed = True
-        for queue in list(buffer.followers):
-            queue.put_nowait(None)
-        buffer.followers.clear()
-
-    def _drop_logs(self, namespace, pod):
-        for key in [k for k in self._logs if k[:2] == (namespace, pod)]:
-            buffer = self._logs.pop(key)
-            for queue in buffer.followers:
-                queue.put_nowait(None)
-
-    def _log_buffer(self, namespace, pod, container):
-        obj = self._internal(RESOURCES["pods"], namespace, pod)
-        names = [c["name"] for c in obj["spec"].get("containers", [])]
-        names += [c["name"] for c in obj["spec"].get("initContainers") or []]
-        if container is None:
-            if len(obj["spec"].get("containers", [])) != 1:
-                raise errors.bad_request(
-                    f"a container name must be specified for pod {pod}, choose one of: [{' '.join(names)}]"
-                )
-            container = names[0]
-        elif container not in names:
-            raise errors.bad_request(f"container {container} is not valid for pod {pod}")
-        buffer = self._logs.get(self._log_key(namespace, pod, container))
-        if buffer is None:
-            raise errors.bad_request(
-                f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating'
-            )
-        return buffer
-
-    def read_log(self, namespace, pod, container=None, tail_lines=None):
-        """``[(timestamp, line), ...]``; ApiError 400/404 as ``pods/log`` answers."""
-        lines = self._log_buffer(namespace, pod, container).lines
-        if tail_lines is not None:
-            lines = lines[-tail_lines:] if tail_lines > 0 else []
-        return list(lines)
-
-    async def follow_log(self, namespace, pod, container=None, tail_lines=None):
-        """Yield ``(timestamp, line)`` until the container's log is closed or the pod is gone."""
-        buffer = self._log_buffer(namespace, pod, container)
-        lines = buffer.lines
-        if tail_lines is not None:
-            lines = lines[-tail_lines:] if tail_lines > 0 else []
-        backlog = list(lines)
-        queue = asyncio.Queue()
-        if buffer.closed:
-            queue.put_nowait(None)
-        else:
-            buffer.followers.add(queue)
-        try:
-            for entry in backlog:
-                yield entry
-            while True:
-                entry = await queue.get()
-                if entry is None:
-                    return
-                yield entry
-        finally:
-            buffer.followers.discard(queue)
 
     # ------------------------------------------------------------ lifecycle
 
