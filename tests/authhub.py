@@ -3,18 +3,25 @@
 Servers are a few lines of ``http.server`` that answer 200 on every path
 (started as local processes by ``SimpleLocalProcessSpawner``), except when
 the launch names a repository containing ``real-singleuser``: then the real
-``jupyterhub-singleuser`` runs, with the hub's OAuth in front of it.
+``jupyterhub-singleuser`` runs, with the hub's OAuth in front of it. A
+repository containing ``hold`` keeps the server from answering until the file
+``release-held-servers`` exists in the test's directory, so a test can look at
+the spawn page while the server is starting.
 """
 
 import random
 from http.cookies import SimpleCookie
 
 TINY_SERVER = r"""
-import os, sys
+import os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 port = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"]).port
+# a test holds the start until it has looked at the spawn page
+hold = os.environ.get("TINY_HOLD_FILE")
+while hold and not os.path.exists(hold):
+    time.sleep(0.05)
 body = ("tiny server of %s/%s\n" % (
     os.environ["JUPYTERHUB_USER"], os.environ.get("JUPYTERHUB_SERVER_NAME", ""))).encode()
 
@@ -43,6 +50,8 @@ c.Authenticator.admin_users = {{"hub-admin"}}
 
 def pick_command(spawner):
     # the spawn handler passes the query as lists of strings (Spawner.options_from_query)
+    if "hold" in str(spawner.user_options.get("repo")).lower():
+        spawner.environment["TINY_HOLD_FILE"] = {hold!r}
     if "real-singleuser" in str(spawner.user_options.get("repo")):
         spawner.cmd = ["jupyterhub-singleuser"]
         spawner.args = [
@@ -58,7 +67,8 @@ def hub_config(tmp_dir, extra=""):
     tiny = tmp_dir / "tiny_server.py"
     tiny.parent.mkdir(parents=True, exist_ok=True)
     tiny.write_text(TINY_SERVER)
-    return HUB_CONFIG.format(tiny=str(tiny)) + "\n" + extra
+    hold = tmp_dir / "release-held-servers"
+    return HUB_CONFIG.format(tiny=str(tiny), hold=str(hold)) + "\n" + extra
 
 
 def fake_client_ip():

@@ -1,10 +1,12 @@
 """Abuse limits of the anonymous authenticator through a real hub.
 
 New anonymous users per client address per minute, the client address only
-from proxies the hub trusts, and the cap on anonymous users in total.
+from proxies the hub trusts, and the cap on anonymous users in total; and a
+second launch link on a hub without named servers.
 """
 
 from .authhub import fresh_browser, hub_config, whoami
+from .utils import poll
 
 
 async def visit(hub, browser):
@@ -50,6 +52,30 @@ async def test_new_users_per_client_address(hub_factory, tmp_path):
     assert (await visit(hub, fresh_browser(hub, ip="2001:db8:1:2::2")))[0] == 200
     assert (await visit(hub, fresh_browser(hub, ip="2001:db8:1:2:ffff::3")))[0] == 429
     assert (await visit(hub, fresh_browser(hub, ip="2001:db8:1:3::1")))[0] == 200
+
+    # this hub has no named servers: a second launch link cannot start a second
+    # server, and must not silently open the first one either
+    first_link = {"repo": "https://github.com/org/one", "ref": "main"}
+    async with first.get(hub.url + "/hub/spawn", params=first_link) as resp:
+        assert resp.status == 200
+
+    async def ready():
+        status, model = await hub.api("GET", f"/users/{name}")
+        return model["servers"].get("", {}).get("ready")
+
+    await poll(ready, timeout=60, interval=0.2, message="the first server")
+    async with first.get(
+        hub.url + "/hub/spawn", params={"repo": "https://github.com/org/two"}
+    ) as resp:
+        assert resp.status == 409
+        assert "Stop it from the home page" in await resp.text()
+    # the same link again leads to the running server
+    async with first.get(hub.url + "/hub/spawn", params=first_link) as resp:
+        assert resp.status == 200
+        assert str(resp.url).endswith(f"/user/{name}/")
+    status, model = await hub.api("GET", f"/users/{name}")
+    assert list(model["servers"]) == [""]
+    assert model["servers"][""]["user_options"]["repo"] == [first_link["repo"]]
 
 
 async def test_total_cap_and_untrusted_proxy(hub_factory, tmp_path):
