@@ -156,6 +156,23 @@ async def test_discovery(api):
     assert (await api.request("POST", NS + "/pods/p/log"))[0] == 405
 
 
+async def test_binding_subresource(api):
+    _, p = await api.post(NS + "/pods", pod("b"))
+    binding = {
+        "metadata": {"name": "b", "uid": p["metadata"]["uid"]},
+        "target": {"kind": "Node", "name": "node-7"},
+    }
+    status, body = await api.post(NS + "/pods/b/binding", binding)
+    assert status == 201 and body["status"] == "Success"
+    _, bound = await api.get(NS + "/pods/b")
+    assert bound["spec"]["nodeName"] == "node-7"
+    assert {"type": "PodScheduled", "status": "True"}.items() <= bound["status"]["conditions"][
+        0
+    ].items()
+    status, error = await api.post(NS + "/pods/b/binding", binding)
+    assert status == 409 and 'is already assigned to node "node-7"' in error["message"]
+
+
 async def test_server_filled_metadata_and_lists(api):
     status, a = await api.post(NS + "/pods", pod("a"))
     assert status == 201

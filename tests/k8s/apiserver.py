@@ -169,6 +169,23 @@ class ApiServer:
     async def dispatch(self, request, info):
         store, q = self.store, request.query
         rt = RESOURCES[info.resource]
+        if info.subresource == "binding" and info.verb == "create":
+            body = await self._body(request)
+            target = (body.get("target") or {}).get("name")
+            if not target:
+                raise errors.invalid("Binding", info.name, [("target.name", "Required value")])
+            uid = (body.get("metadata") or {}).get("uid")
+            store.bind(info.namespace, info.name, target, uid=uid)
+            return json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "code": 201,
+                },
+                201,
+            )
         if (
             (info.verb == "create" and (info.name or (rt.namespaced and not info.namespace)))
             or (info.verb in ("update", "patch") and not info.name)
@@ -526,8 +543,8 @@ class ApiServer:
                         "name": f"{plural}/{sub}",
                         "singularName": "",
                         "namespaced": rt.namespaced,
-                        "kind": rt.kind,
-                        "verbs": ["get"],
+                        "kind": "Binding" if sub == "binding" else rt.kind,
+                        "verbs": ["create"] if sub == "binding" else ["get"],
                     }
                 )
         return {

@@ -53,7 +53,7 @@ RESOURCES = {
 }
 
 # Subresources the API server routes (besides the /status of status_subresource types).
-SUBRESOURCES = {("pods", "log")}
+SUBRESOURCES = {("pods", "log"), ("pods", "binding")}
 
 # The alphabet of generateName suffixes and of random names
 # (k8s.io/apimachinery/pkg/util/rand/rand.go: no vowels, no confusable characters).
