@@ -88,7 +88,7 @@ def _option(options, key):
         value = value[0] if value else None
     if isinstance(value, bytes):
         value = value.decode("utf8", "replace")
-    return value or ""
+    return (value or "").strip() if isinstance(value, str) else ""
 
 
 class LaunchRouterHandler(SpawnHandler):
@@ -106,7 +106,7 @@ class LaunchRouterHandler(SpawnHandler):
     async def get(self, *args, **kwargs):
         authenticator = _anonymous_authenticator(self)
         user = self.current_user
-        repo = first_repo_param(self.request.query_arguments)
+        repo = first_repo_param(self.request.query_arguments).strip()
         if (
             authenticator is None
             or user is None
