@@ -20,6 +20,12 @@ import pytest
 import pytest_asyncio
 
 from binder_service.hubapi import HubAPI
+from binder_spawner.service_client import (
+    BinderServiceClient,
+    BinderServiceError,
+    RepoLimitExceeded,
+    ServiceUnavailable,
+)
 
 from .hub import start_hub
 from .utils import free_port, poll
@@ -508,3 +514,27 @@ async def test_hub_api_reads_every_page(env):
     assert status == 200
     assert len(names) > 4 and len(names) == len(set(names))
     assert sorted(names) == sorted(user["name"] for user in everyone)
+
+
+async def test_service_client(env):
+    """The client the spawners use, against the running service."""
+    client = BinderServiceClient(url=env.service_url)
+    token = env.hub.token  # admin: no server needed
+    first = await client.reserve("client-1", "", "gh/org/client", token)
+    assert first["repo"] == "gh/org/client" and first["user"] == "client-1"
+    await client.reserve("client-2", "", "gh/org/client", token)
+    with pytest.raises(RepoLimitExceeded) as refused:
+        await client.reserve("client-3", "", "gh/org/client", token)
+    assert refused.value.status_code == 429
+    assert refused.value.limit == refused.value.usage == PER_REPO_LIMIT
+    assert refused.value.retry_after > 0 and "gh/org/client" in refused.value.message
+    await client.release(first["id"], token)
+    await client.release(first["id"], token)  # already released: not an error
+    assert (await client.usage(token))["repos"]["gh/org/client"] == 1
+    assert await client.placement("registry/image:tag", token) == []
+    with pytest.raises(BinderServiceError) as forbidden:
+        await client.reserve("client-1", "", "gh/org/client", "not-a-token")
+    assert forbidden.value.status_code == 403
+    dead = BinderServiceClient(url=f"http://127.0.0.1:{free_port()}/services/binder/", timeout=2)
+    with pytest.raises(ServiceUnavailable):
+        await dead.reserve("client-1", "", "gh/org/client", token)
