@@ -104,14 +104,16 @@ class AnonymousAuthenticator(Authenticator):
         return value
 
     new_users_per_minute = Int(
-        10,
+        30,
         help="""
         How many new anonymous users one client address may create per minute.
 
         Counted over a sliding 60-second window, in memory (a hub restart
         forgets it). IPv6 clients are counted per network of
         ``ipv6_prefix_length`` bits. Above the limit the visitor gets a 429
-        page with ``Retry-After``. 0 disables the limit. Default: 10. Example::
+        page with ``Retry-After``. A classroom behind one NAT address counts
+        as one client: raise this for workshops. 0 disables the limit.
+        Default: 30. Example::
 
             c.AnonymousAuthenticator.new_users_per_minute = 30
 

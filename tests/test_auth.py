@@ -132,6 +132,13 @@ async def test_return_visit_keeps_identity(hub):
     # a second browser is somebody else
     other = await whoami(hub, fresh_browser(hub))
     assert other["name"] != first["name"]
+    # once binder_service deleted the user, the browser's cookie leads to a new identity
+    status, _ = await hub.api("DELETE", f"/users/{first['name']}")
+    assert status == 204
+    steps = await follow(browser, spawn_url(hub, {"repo": "https://github.com/org/back-again"}))
+    assert steps[0][0] == 302 and "/hub/login" in steps[0][1]
+    assert urlsplit(steps[1][1]).query == "repo=https://github.com/org/back-again"
+    assert (await whoami(hub, browser))["name"].startswith("back-again-")
 
 
 async def test_two_links_in_one_browser(hub):
