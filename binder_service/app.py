@@ -35,7 +35,7 @@ from . import handlers as handlers_module
 from .culler import Culler
 from .hubapi import HubAPI, HubAPIError
 from .limits import LimitExceeded, LimitRules, Observed, ReservationStore
-from .metrics import LaunchEventLog, Metrics
+from .metrics import LaunchEventLog, Metrics, build_pod_states
 from .placement_source import PlacementSource
 from .utils import Clock, parse_date
 
@@ -339,6 +339,7 @@ class BinderService(Application):
         self._last_cull = None
         self._launching = {}  # (user, server) -> started, for launch events
         self._badges = {}
+        self._builds_seen = set()
 
     # collaborators -------------------------------------------------------
 
@@ -515,9 +516,26 @@ class BinderService(Application):
         self.metrics.running.set(ready)
         return users
 
+    async def observe_builds(self):
+        """Build metrics from the build pods, when the service reads Kubernetes."""
+        pods = await self.placement_source.refresh(max_age=0)
+        if pods is None:
+            return
+        running, finished = build_pod_states(pods)
+        self.metrics.inprogress_builds.set(running)
+        uids = set()
+        for uid, status, seconds in finished:
+            uids.add(uid)
+            if uid not in self._builds_seen and seconds is not None:
+                self.metrics.build_time.labels(status=status).observe(seconds)
+        # only pods still listed are remembered: the set stays as small as the pod list
+        self._builds_seen = uids
+
     async def sweep(self):
         """One reconciliation, and a cull when ``cull_every`` has passed."""
         started = time.perf_counter()
+        if self.placement_source.enabled:
+            await self.observe_builds()
         users = await self.reconcile()
         self._synced.set()
         now = time.monotonic()

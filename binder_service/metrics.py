@@ -17,7 +17,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .utils import isoformat, utcnow
+from .utils import isoformat, parse_date, utcnow
 
 # BinderHub's provider names in launch events (binderhub/repoproviders.py), by our short names.
 PROVIDER_NAMES = {"gh": "GitHub", "gl": "GitLab", "git": "Git", "gist": "Gist"}
@@ -41,6 +41,18 @@ class Metrics:
             "Seconds from a server's start to ready (builds included)",
             ["status"],
             buckets=LAUNCH_BUCKETS,
+            registry=registry,
+        )
+        self.build_time = Histogram(
+            "binderhub_build_time_seconds",
+            "Seconds a build pod ran, by result (Kubernetes only)",
+            ["status"],
+            buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf")),
+            registry=registry,
+        )
+        self.inprogress_builds = Gauge(
+            "binderhub_inprogress_builds",
+            "Build pods pending or running at the last reconciliation (Kubernetes only)",
             registry=registry,
         )
         self.inprogress_launches = Gauge(
@@ -92,6 +104,41 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, float("inf")),
             registry=registry,
         )
+
+
+BUILD_LABEL = ("app.kubernetes.io/component", "binder-build")
+
+
+def build_pod_states(pods):
+    """Builds among ``pods`` (dicts): ``(in progress, [(uid, status, seconds)] finished)``.
+
+    Build pods carry ``app.kubernetes.io/component: binder-build``
+    (binder_spawner/build.py). A finished build's duration runs from the
+    pod's start to its container's termination.
+    """
+    key, value = BUILD_LABEL
+    running, finished = 0, []
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(key) != value:
+            continue
+        status = pod.get("status") or {}
+        phase = status.get("phase")
+        if phase in ("Pending", "Running"):
+            running += 1
+            continue
+        if phase not in ("Succeeded", "Failed"):
+            continue
+        started = parse_date(status.get("startTime"))
+        ends = [
+            parse_date(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+            for c in status.get("containerStatuses") or []
+        ]
+        ends = [e for e in ends if e is not None]
+        seconds = (max(ends) - started).total_seconds() if started and ends else None
+        status_label = "success" if phase == "Succeeded" else "failure"
+        finished.append((pod["metadata"].get("uid"), status_label, seconds))
+    return running, finished
 
 
 def provider_name(provider):

@@ -151,21 +151,31 @@ class PlacementSource(LoggingConfigurable):
         else:
             names = {(p.get("spec") or {}).get("nodeName") for p in pods} - {None}
             rooms = {n: placement.NodeRoom(n, UNKNOWN_ROOM, UNKNOWN_ROOM) for n in names}
-        self._snapshot = (time.monotonic(), rooms, inventory)
+        self._snapshot = (time.monotonic(), rooms, inventory, pods)
 
-    async def rank(self, image):
-        """``[(node, weight)]`` for ``image``; empty when disabled or the cluster is unreachable."""
+    async def refresh(self, max_age=None):
+        """List pods and nodes unless the last listing is younger than ``max_age`` seconds.
+
+        Returns the pods of the namespace, or None when disabled or unreachable.
+        """
         if not self.enabled or self._api is None:
-            return []
+            return None
+        max_age = self.refresh_every if max_age is None else max_age
         async with self._lock:
-            if self._snapshot is None or time.monotonic() - self._snapshot[0] > self.refresh_every:
+            if self._snapshot is None or time.monotonic() - self._snapshot[0] > max_age:
                 try:
                     await self._refresh()
                 except Exception as e:
-                    self.log.error("Cannot list pods for placement: %s", e)
-                    if self._snapshot is None:
-                        return []
-        _, rooms, inventory = self._snapshot
+                    self.log.error("Cannot list pods in %s: %s", self.namespace, e)
+                    return None
+        return self._snapshot[3]
+
+    async def rank(self, image):
+        """``[(node, weight)]`` for ``image``; empty when disabled or the cluster is unreachable."""
+        await self.refresh()
+        if self._snapshot is None:
+            return []
+        _, rooms, inventory, _ = self._snapshot
         holders = inventory.holders(image, time.time())
         return placement.rank_nodes(
             image, rooms, holders, pod_memory=self.pod_memory, max_nodes=self.max_nodes

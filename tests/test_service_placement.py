@@ -2,6 +2,7 @@
 
 import pytest
 
+from binder_service.metrics import build_pod_states
 from binder_service.placement_source import PlacementSource
 from tests.k8s.faults import Fault
 
@@ -88,3 +89,46 @@ async def test_disabled_answers_nothing():
     placement = PlacementSource(enabled=False)
     await placement.start()
     assert await placement.rank("registry/x:1") == []
+
+
+def build_pod(name, phase, started=None, finished=None):
+    pod = user_pod(name, "node-1", "builder:1")
+    pod["metadata"]["labels"] = {"app.kubernetes.io/component": "binder-build"}
+    pod["metadata"]["uid"] = f"uid-{name}"
+    status = {"phase": phase}
+    if started:
+        status["startTime"] = started
+    if finished:
+        status["containerStatuses"] = [
+            {"name": "build", "state": {"terminated": {"exitCode": 0, "finishedAt": finished}}}
+        ]
+    pod["status"] = status
+    return pod
+
+
+def test_build_pod_states():
+    pods = [
+        build_pod("b1", "Running", "2026-01-01T00:00:00Z"),
+        build_pod("b2", "Pending"),
+        build_pod("b3", "Succeeded", "2026-01-01T00:00:00Z", "2026-01-01T00:02:30Z"),
+        build_pod("b4", "Failed", "2026-01-01T00:00:00Z", "2026-01-01T00:00:10Z"),
+        user_pod("notebook", "node-1", "image:1"),
+    ]
+    running, finished = build_pod_states(pods)
+    assert running == 2
+    assert finished == [("uid-b3", "success", 150.0), ("uid-b4", "failure", 10.0)]
+
+
+async def test_build_metrics_from_the_cluster(cluster, tmp_path):
+    from binder_service.app import BinderService
+
+    pod = build_pod("b1", "Running", "2026-01-01T00:00:00Z")
+    cluster.store.create("pods", pod, "default")
+    app = BinderService()
+    app.initialize(["--kubernetes", "--namespace=default"])
+    await app.placement_source.start()
+    try:
+        await app.observe_builds()
+        assert app.metrics.inprogress_builds._value.get() == 1
+    finally:
+        await app.placement_source.stop()
