@@ -8,7 +8,8 @@ syntax and its web URLs, and know the repository URL git clones and the
 the same image name:
 
 - ``gh/<user>/<repo>/<ref>``: the ref may contain ``/``; a trailing ``.git``
-  is dropped from the repo name; slug ``<user>-<repo>``.
+  is dropped from the repo name; slug ``<user>-<repo>``. The spec keeps the
+  ref's percent-encoding, the ref is resolved URL-decoded (as GitHub's API does).
 - ``gl/<url-encoded namespace>/<ref>``: slug is the namespace with ``-``
   doubled as ``_-`` and ``/`` turned into ``-``; the ref is URL-decoded.
 - ``git/<url-encoded URL>/<ref>``: slug is the URL; the ref is URL-decoded.
@@ -92,7 +93,7 @@ class GitHubProvider(Provider):
     name = "gh"
     display_name = "GitHub"
 
-    def _make(self, user, repo, ref, base_url):
+    def _make(self, user, repo, ref, base_url, spec_ref=None):
         repo = _strip_git(repo)
         if not _GH_USER.match(user) or not _GH_REPO.match(repo) or repo in (".", ".."):
             raise _bad_repo(self.display_name)
@@ -103,7 +104,7 @@ class GitHubProvider(Provider):
             repo_url=f"{base_url}/{user}/{repo}",
             build_slug=f"{user}-{repo}",
             key=f"{self.name}/{user}/{repo}".lower(),
-            spec_ref=ref or "HEAD",
+            spec_ref=spec_ref or ref or "HEAD",
         )
 
     def from_spec(self, rest, base_url):
@@ -111,8 +112,10 @@ class GitHubProvider(Provider):
         if len(parts) < 2:
             raise SpecError('A GitHub spec looks like "gh/<user>/<repo>/<ref>".')
         user, repo = parts[0], parts[1]
-        ref = parts[2] if len(parts) == 3 else ""
-        return self._make(user, repo, ref, base_url)
+        raw_ref = parts[2] if len(parts) == 3 else ""
+        # The spec keeps the ref as written; GitHub reads it URL-decoded (BinderHub
+        # passes it to the commits API, which decodes it), and so does resolution.
+        return self._make(user, repo, unquote(raw_ref), base_url, spec_ref=raw_ref)
 
     def from_url(self, path, base_url):
         parts = [p for p in path.split("/") if p]

@@ -450,6 +450,11 @@ class RepoPolicy(LoggingConfigurable):
             key=repo.key,
         )
 
+    def _normalised(self, repo):
+        """Full SHAs lower-cased; otherwise the provider's reading, spec spelling kept."""
+        ref = gitref.normalise_ref(repo.ref)
+        return repo if ref == repo.ref else self._with_ref(repo, ref)
+
     def _with_ref(self, repo, ref):
         ref = gitref.normalise_ref(ref)
         if repo.provider == "gist":
@@ -472,7 +477,7 @@ class RepoPolicy(LoggingConfigurable):
                 url, _ = self._check_url(repo.repo_url)
                 return PROVIDERS["git"].make(url, repo.ref), query
             repo = PROVIDERS[prefix].from_spec(rest, self._provider_urls()[prefix])
-            return self._with_ref(repo, repo.ref), query
+            return self._normalised(repo), query
         if "://" not in text:
             if text.startswith("git@") or re.match(r"^[\w.-]+@[\w.-]+:", text):
                 raise SpecError("SSH repository URLs are not accepted: use the https:// URL.")
@@ -489,7 +494,7 @@ class RepoPolicy(LoggingConfigurable):
         for name in tables.provider_hosts.get((parts.host, parts.port), ()):
             if name in self.allowed_providers and name in PROVIDERS:
                 repo = PROVIDERS[name].from_url(parts.path, tables.provider_urls[name])
-                return self._with_ref(repo, repo.ref), query
+                return self._normalised(repo), query
         return PROVIDERS["git"].make(url, ""), query
 
     @staticmethod

@@ -68,7 +68,7 @@ ACCEPTED = [
         "gh",
         "gh/org/repo/feature%2Fx",
         "https://github.com/org/repo",
-        "feature%2Fx",
+        "feature/x",
         id="gh-percent-kept",
     ),
     P(

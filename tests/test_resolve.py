@@ -62,6 +62,10 @@ async def test_resolve_gh_spec_with_configured_host(git_server, repo):
     spec = policy.parse("gh/org/repo.git/feature/x")
     assert spec.repo_url == git_server.url + "/org/repo"
     assert (await policy.resolve(spec)).commit == shas["feature/x"]
+    # the spec keeps its percent-encoding; the ref resolves decoded, as on GitHub
+    spec = policy.parse("gh/org/repo/feature%2Fx")
+    assert spec.spec == "gh/org/repo/feature%2Fx"
+    assert (await policy.resolve(spec)).commit == shas["feature/x"]
     # a web URL on the configured host is read as a GitHub link
     spec = policy.parse(git_server.url + "/org/repo/tree/v1")
     assert spec.provider == "gh" and spec.spec == "gh/org/repo/v1"
