@@ -14,6 +14,8 @@ Test hooks, read from the cloned repository:
   error message.
 - ``SLOW_BUILD``: the build phase lasts the number of seconds in the file
   (default 30), logging a line each second, so tests can watch a running build.
+- ``HOLD_BUILD``: the build phase lasts until the local file named in it
+  exists (logging a line each second), so a test decides when a build ends.
 
 Registry credentials come from a docker ``config.json``: ``$DOCKER_CONFIG``,
 else ``~/.docker/config.json``, else ``/root/.docker/config.json``; absolute
@@ -124,6 +126,12 @@ class Build:
             while time.monotonic() < deadline:
                 self.log("Still building...\n")
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        hold = checkout / "HOLD_BUILD"
+        if hold.exists():
+            release = Path(hold.read_text().strip())
+            while not release.exists():
+                self.log("Still building...\n")
+                time.sleep(0.5)
         if fail.exists():
             reason = (fail.read_text().strip().splitlines() or ["the build failed"])[0]
             self.log(f"Step {len(steps) + 1}/{len(steps) + 1} : RUN ./postBuild\n")
