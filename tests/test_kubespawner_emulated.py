@@ -190,9 +190,10 @@ async def test_real_hub_spawns_through_proxy(
 
     await poll(ready, timeout=90, interval=0.2, message="carol's server to be ready")
 
-    namespace = "jupyterhub-carol" if namespaces else "default"
-    pods, _ = cluster.store.list("pods", namespace=namespace)
-    assert [p["metadata"]["name"] for p in pods] == ["jupyter-carol"]
+    pods, _ = cluster.store.list("pods", field_selector="metadata.name=jupyter-carol")
+    assert len(pods) == 1
+    namespace = pods[0]["metadata"]["namespace"]
+    assert (namespace != "default") == namespaces  # a namespace of carol's own
     services_found, _ = cluster.store.list("services", namespace=namespace)
     assert bool(services_found) == services
     events_seen, _ = cluster.store.list("events", namespace=namespace)

@@ -41,3 +41,14 @@ if _FILE:
         return _system_getaddrinfo(host, *args, **kwargs)
 
     socket.getaddrinfo = getaddrinfo
+
+    # aiohttp (JupyterHub 6's HTTP client) resolves with aiodns when it is
+    # installed, which bypasses getaddrinfo: use its thread-pool resolver.
+    try:
+        import aiohttp.connector
+        import aiohttp.resolver
+    except ImportError:
+        pass
+    else:
+        aiohttp.resolver.DefaultResolver = aiohttp.resolver.ThreadedResolver
+        aiohttp.connector.DefaultResolver = aiohttp.resolver.ThreadedResolver
