@@ -58,37 +58,60 @@ def candidate_refs(ref):
     return [f"refs/heads/{ref}", f"refs/tags/{ref}"]
 
 
+def safe_config(allowed_schemes=("https",), pins=()):
+    """git configuration for any git process that contacts a stranger's repository.
+
+    (key, value) pairs:
+
+    - ``protocol.allow=never`` with only ``allowed_schemes`` re-enabled (no
+      ``file:``, ``ext::``, ``ssh:``), also for anything git would follow
+      (submodules);
+    - no credential helpers (``credential.helper=`` resets the list) and no
+      askpass program, so no stored secret is ever sent to a stranger's host;
+    - ``http.followRedirects=false``: a redirect could lead to an unchecked host;
+    - ``http.curloptResolve`` pins ``host:port`` to the addresses that were
+      checked (git >= 2.37), closing the DNS-rebinding window.
+    """
+    pairs = [("protocol.allow", "never")]
+    pairs += [(f"protocol.{scheme}.allow", "always") for scheme in allowed_schemes]
+    pairs += [
+        ("credential.helper", ""),
+        ("core.askPass", ""),
+        ("http.followRedirects", "false"),
+        ("protocol.version", "2"),
+    ]
+    pairs += [("http.curloptResolve", pin) for pin in pins]
+    return pairs
+
+
+def config_args(pairs):
+    """``-c key=value`` arguments for :func:`safe_config` pairs."""
+    args = []
+    for key, value in pairs:
+        args += ["-c", f"{key}={value}"]
+    return args
+
+
+def config_env(pairs):
+    """The same configuration as environment variables (``GIT_CONFIG_COUNT``, git >= 2.31).
+
+    For git processes started by another program (repo2docker in a build pod,
+    a local clone): every git it runs inherits them.
+    """
+    env = {"GIT_CONFIG_COUNT": str(len(pairs))}
+    for i, (key, value) in enumerate(pairs):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
 def ls_remote_command(url, ref, *, allowed_schemes=("https",), pins=(), git="git"):
     """The argument list for resolving ``ref`` at ``url`` without trusting either.
 
-    - ``protocol.allow=never`` with only ``allowed_schemes`` re-enabled (no
-      ``file:``, ``ext::``, ``ssh:``), also for anything git would follow;
-    - no credential helpers (``credential.helper=`` resets the list), so no
-      stored secret is ever sent to a stranger's host;
-    - ``http.followRedirects=false``: a redirect could lead to an unchecked host;
-    - ``http.curloptResolve`` pins ``host:port`` to the addresses that were
-      checked (git >= 2.37), closing the DNS-rebinding window;
-    - ``--`` before the positional arguments.
+    :func:`safe_config` as ``-c`` options, then ``ls-remote``, ``--`` and the
+    positional arguments (the URL and the full ref names ``ref`` may stand for).
     """
-    args = [
-        git,
-        "-c",
-        "protocol.allow=never",
-    ]
-    for scheme in allowed_schemes:
-        args += ["-c", f"protocol.{scheme}.allow=always"]
-    args += [
-        "-c",
-        "credential.helper=",
-        "-c",
-        "core.askPass=",
-        "-c",
-        "http.followRedirects=false",
-        "-c",
-        "protocol.version=2",
-    ]
-    for pin in pins:
-        args += ["-c", f"http.curloptResolve={pin}"]
+    args = [git, *config_args(safe_config(allowed_schemes, pins))]
     args += ["ls-remote", "--", url]
     for name in candidate_refs(ref):
         args.append(name)

@@ -689,6 +689,31 @@ class RepoPolicy(LoggingConfigurable):
                     )
         return [f"{host}:{port}:" + ",".join(_pin_address(a) for a in addresses)]
 
+    async def git_config(self, repo_url):
+        """git configuration (key, value) pairs for a git process contacting ``repo_url``.
+
+        Checks the host as :meth:`resolve` does (offline rules, then every
+        address DNS gives) and returns :func:`binder_spawner.gitref.safe_config`
+        with the checked addresses pinned. Use it for anything that clones or
+        fetches a stranger's repository after resolution, so DNS cannot point
+        the clone elsewhere: as ``-c`` options (:func:`~binder_spawner.gitref.config_args`)
+        or environment variables (:func:`~binder_spawner.gitref.config_env`).
+        Raises :class:`SpecError`.
+        """
+        deadline = time.monotonic() + self.git_timeout
+        parts = urlsplit(repo_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            host = netcheck.normalise_host(parts.hostname or "")
+        except netcheck.HostError as e:
+            raise SpecError(str(e)) from None
+        self._check_host_offline(host, port)
+        pins = await self._pins(host, port, deadline)
+        return gitref.safe_config(self._schemes(), pins)
+
+    def _schemes(self):
+        return ("https", "http") if self.allow_http else ("https",)
+
     def _git_env(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_"))}
         env.update(
@@ -704,14 +729,15 @@ class RepoPolicy(LoggingConfigurable):
     async def _ls_remote(self, repo_url, ref, allow_empty=False):
         deadline = time.monotonic() + self.git_timeout
         parts = urlsplit(repo_url)
-        scheme = parts.scheme
-        port = parts.port or (443 if scheme == "https" else 80)
-        host = netcheck.normalise_host(parts.hostname or "")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            host = netcheck.normalise_host(parts.hostname or "")
+        except netcheck.HostError as e:
+            raise SpecError(str(e)) from None
         self._check_host_offline(host, port)
         pins = await self._pins(host, port, deadline)
-        schemes = ("https", "http") if self.allow_http else ("https",)
         args = gitref.ls_remote_command(
-            repo_url, ref, allowed_schemes=schemes, pins=pins, git=self.git_executable
+            repo_url, ref, allowed_schemes=self._schemes(), pins=pins, git=self.git_executable
         )
         if ref != "HEAD":
             args.append("HEAD")  # tells an empty repository from an unknown ref

@@ -2,6 +2,7 @@
 
 import asyncio
 import ipaddress
+import os
 import socket
 
 import pytest
@@ -199,3 +200,47 @@ async def test_git_connects_to_the_pinned_address(repo, git_server):
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert gitref.parse_ls_remote(out.decode())["HEAD"] == shas["main"]
+
+
+async def test_git_config_for_clones(repo, git_server, tmp_path):
+    """The pinned, restricted configuration others use to clone, as environment variables."""
+    _, shas = repo
+    port = int(git_server.host.split(":")[1])
+    name = socket.gethostname().lower()
+    url = f"http://{name}:{port}/org/repo"
+    with pytest.raises(SpecError, match="resolves to"):
+        await RepoPolicy(allow_http=True).git_config(url)
+    pairs = await RepoPolicy(allow_http=True, allowed_hosts=[name]).git_config(url)
+    config = dict(pairs)
+    assert config["protocol.allow"] == "never" and config["credential.helper"] == ""
+    assert config["http.curloptResolve"].startswith(f"{name}:{port}:")
+    # the same pins steer a clone of a name DNS does not know
+    pairs = [(k, v) for k, v in pairs if k != "http.curloptResolve"]
+    pairs.append(("http.curloptResolve", f"pinned.invalid:{port}:127.0.0.1"))
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", **gitref.config_env(pairs))
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        "clone",
+        "-q",
+        "--",
+        f"http://pinned.invalid:{port}/org/repo",
+        str(tmp_path / "clone"),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert (tmp_path / "clone" / "b.txt").read_text() == "two"
+    # and file:// is refused by the same configuration
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        "clone",
+        "-q",
+        "--",
+        f"file://{git_server.path('org/repo')}",
+        str(tmp_path / "local"),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode != 0 and "not allowed" in err.decode()
