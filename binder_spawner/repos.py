@@ -773,11 +773,9 @@ class RepoPolicy(LoggingConfigurable):
         refs = gitref.parse_ls_remote(stdout.decode("utf8", "replace"))
         self.log.debug("Resolved %s %s in %.3fs", repo_url, ref, time.monotonic() - started)
         commit = gitref.pick_commit(refs, ref)
-        if commit:
-            return commit
+        if commit or allow_empty:
+            return commit  # allow_empty: only reachability was asked
         if not refs:
-            if allow_empty:
-                return None
             if ref == "HEAD":
                 raise SpecError(f"The repository at {repo_url} has no commits yet.", 404)
             raise SpecError(
