@@ -37,6 +37,12 @@ def pod(name, labels=None, node=None, **spec):
     return body
 
 
+def container_pod(**container):
+    body = pod("x")
+    body["spec"]["containers"][0].update(container)
+    return body
+
+
 class Api:
     """A tiny raw HTTP client: ``status, body = await api.get(path)``."""
 
@@ -259,6 +265,54 @@ async def test_server_filled_metadata_and_lists(api):
             "Invalid",
             "name or generateName",
             id="no-name",
+        ),
+        pytest.param(
+            NS + "/pods",
+            container_pod(resources={"requests": {"memory": "3G"}, "limits": {"memory": "2G"}}),
+            422,
+            "Invalid",
+            'Invalid value: "3G": must be less than or equal to memory limit of 2G',
+            id="request-above-limit",
+        ),
+        pytest.param(
+            NS + "/pods",
+            container_pod(resources={"limits": {"memory": "2 GB"}}),
+            422,
+            "Invalid",
+            "spec.containers[0].resources.limits[memory]",
+            id="bad-quantity",
+        ),
+        pytest.param(
+            NS + "/pods",
+            container_pod(ports=[{"containerPort": 8888, "name": "notebook-port-http"}]),
+            422,
+            "Invalid",
+            "spec.containers[0].ports[0].name",
+            id="long-port-name",
+        ),
+        pytest.param(
+            NS + "/pods",
+            container_pod(env=[{"name": "1BAD", "value": "x"}]),
+            422,
+            "Invalid",
+            "a valid environment variable name",
+            id="env-name",
+        ),
+        pytest.param(
+            NS + "/pods",
+            container_pod(volumeMounts=[{"name": "home", "mountPath": "/home/jovyan"}]),
+            422,
+            "Invalid",
+            'spec.containers[0].volumeMounts[0].name: Not found: "home"',
+            id="undeclared-volume",
+        ),
+        pytest.param(
+            NS + "/secrets",
+            {"metadata": {"name": "s", "annotations": {"binder/repo url": "x"}}},
+            422,
+            "Invalid",
+            "metadata.annotations",
+            id="annotation-key",
         ),
     ],
 )

@@ -7,8 +7,10 @@ Two layers, both answering 422 ``Invalid`` with the API server's wording:
   ``kubernetes_validate.validate(obj, version, strict=True)``, with the compiled
   schema cached per kind (the package re-reads its files on every call);
 - the format rules the schema cannot express and clients most often get wrong:
-  object names (DNS-1123 subdomain or label), label keys and values, container
-  names (pkg/apis/core/validation/validation.go, v1.30).
+  object names (DNS-1123 subdomain or label), label keys and values, annotation
+  keys, container, port, volume and environment variable names, resource
+  quantities and requests above limits, mounts of undeclared volumes
+  (pkg/apis/core/validation/validation.go, v1.30).
 """
 
 import functools
@@ -109,6 +111,93 @@ def _label_errors(labels):
     return causes
 
 
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+
+
+def _quantity(value):
+    from .scheduler import parse_quantity
+
+    return parse_quantity(value)
+
+
+def _container_errors(prefix, c):
+    causes = []
+    if not c.get("image"):
+        causes.append((f"{prefix}.image", "Required value"))
+    for n, env in enumerate(c.get("env") or []):
+        name = env.get("name", "")
+        if not _ENV_NAME.match(name):
+            causes.append(
+                (
+                    f"{prefix}.env[{n}].name",
+                    f'Invalid value: "{name}": a valid environment variable name must consist of alphabetic '
+                    "characters, digits, '_', '-', or '.', and must not start with a digit",
+                )
+            )
+    for n, port in enumerate(c.get("ports") or []):
+        name = port.get("name")
+        # IANA_SVC_NAME (validation.go validateContainerPorts)
+        if name is not None and (
+            len(name) > 15
+            or not _PORT_NAME.match(name)
+            or "--" in name
+            or not re.search("[a-z]", name)
+        ):
+            causes.append(
+                (
+                    f"{prefix}.ports[{n}].name",
+                    f'Invalid value: "{name}": must be no more than '
+                    "15 characters, lower case alphanumerics and '-', with at least one letter",
+                )
+            )
+    resources = c.get("resources") or {}
+    for kind in ("requests", "limits"):
+        for resource, value in (resources.get(kind) or {}).items():
+            if not _QUANTITY.match(str(value)):
+                causes.append(
+                    (
+                        f"{prefix}.resources.{kind}[{resource}]",
+                        f'Invalid value: "{value}": quantities must match the regular expression '
+                        "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+                    )
+                )
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    for resource in set(requests) & set(limits):
+        try:
+            if _quantity(requests[resource]) > _quantity(limits[resource]):
+                causes.append(
+                    (
+                        f"{prefix}.resources.requests",
+                        f'Invalid value: "{requests[resource]}": must be less than or equal to {resource} limit '
+                        f"of {limits[resource]}",
+                    )
+                )
+        except ValueError:
+            pass  # reported above
+    return causes
+
+
+def _annotation_errors(annotations):
+    causes = []
+    for key in annotations or {}:
+        prefix, _, name = key.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or (
+            len(name) > 63 or not _QUALIFIED_NAME.match(name)
+        ):
+            causes.append(
+                (
+                    "metadata.annotations",
+                    f'Invalid value: "{key}": name part must consist of '
+                    "alphanumeric characters, '-', '_' or '.'",
+                )
+            )
+    if sum(len(k) + len(str(v)) for k, v in (annotations or {}).items()) > 256 * 1024:
+        causes.append(("metadata.annotations", "Too long: must have at most 262144 bytes"))
+    return causes
+
+
 def _pod_errors(obj):
     causes = []
     spec = obj.get("spec") or {}
@@ -126,8 +215,25 @@ def _pod_errors(obj):
             if name in seen:
                 causes.append((f"spec.{field}[{i}].name", f'Duplicate value: "{name}"'))
             seen.add(name)
-            if not c.get("image"):
-                causes.append((f"spec.{field}[{i}].image", "Required value"))
+            causes += _container_errors(f"spec.{field}[{i}]", c)
+    volumes = set()
+    for i, volume in enumerate(spec.get("volumes") or []):
+        name = volume.get("name", "")
+        if len(name) > 63 or not _DNS_LABEL.match(name):
+            causes.append(
+                (f"spec.volumes[{i}].name", f'Invalid value: "{name}": must be a DNS label')
+            )
+        volumes.add(name)
+    for field in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(field) or []):
+            for n, mount in enumerate(c.get("volumeMounts") or []):
+                if mount.get("name") not in volumes:
+                    causes.append(
+                        (
+                            f"spec.{field}[{i}].volumeMounts[{n}].name",
+                            f'Not found: "{mount.get("name")}"',
+                        )
+                    )
     return causes
 
 
@@ -155,6 +261,7 @@ class Validator:
         causes = []
         if old is None or meta != old.get("metadata"):
             causes += _name_errors(rt.plural, name) + _label_errors(meta.get("labels"))
+            causes += _annotation_errors(meta.get("annotations"))
         if rt.plural == "pods" and (old is None or obj.get("spec") != old.get("spec")):
             causes += _pod_errors(obj)
         validator = _validator(rt.kind, rt.api_version, self.kubernetes_version)
