@@ -60,7 +60,7 @@ SERVICE_SCOPES = [
 ]
 
 
-def binder_config(registry, git, service_port):
+def binder_config(registry, git, service_port, kubeconfig):
     command = [
         sys.executable,
         "-m",
@@ -80,7 +80,8 @@ def binder_config(registry, git, service_port):
     c.RepoPolicy.allowed_hosts = ["{git.host}"]
     c.BinderServiceClient.url = "http://127.0.0.1:{service_port}/services/binder/"
     c.JupyterHub.services.append(
-        {{"name": "binder", "url": "http://127.0.0.1:{service_port}", "command": {command!r}}}
+        {{"name": "binder", "url": "http://127.0.0.1:{service_port}", "command": {command!r},
+          "environment": {{"KUBECONFIG": "{kubeconfig}"}}}}
     )
     c.JupyterHub.load_roles.append(
         {{"name": "binder-service", "scopes": {SERVICE_SCOPES!r}, "services": ["binder"]}}
@@ -164,7 +165,9 @@ async def run(spawns):
             service_port = free_port()
             hub = await start_hub(
                 tmp / "hub-binder",
-                textwrap.dedent(binder_config(registry, git, service_port)),
+                textwrap.dedent(
+                    binder_config(registry, git, service_port, cluster.kubeconfig_path)
+                ),
                 env=env,
                 timeout=90,
             )
