@@ -9,7 +9,7 @@ repository containing ``hold`` keeps the server from answering until the file
 the spawn page while the server is starting.
 """
 
-import random
+import itertools
 from http.cookies import SimpleCookie
 
 TINY_SERVER = r"""
@@ -71,9 +71,18 @@ def hub_config(tmp_dir, extra=""):
     return HUB_CONFIG.format(tiny=str(tiny), hold=str(hold)) + "\n" + extra
 
 
+_client_numbers = itertools.count()
+
+
 def fake_client_ip():
-    """A random documentation address (TEST-NET-2) to stand for one client."""
-    return f"198.51.100.{random.randint(1, 254)}"
+    """A new documentation address (TEST-NET-2, then TEST-NET-3) to stand for one client.
+
+    Distinct for the first 508 calls, so per-address limits never see two
+    test clients as one.
+    """
+    n = next(_client_numbers) % 508
+    net = "198.51.100" if n < 254 else "203.0.113"
+    return f"{net}.{n % 254 + 1}"
 
 
 def fresh_browser(hub, ip=None, **headers):
