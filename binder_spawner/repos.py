@@ -28,13 +28,24 @@ import time
 from collections import OrderedDict
 from urllib.parse import parse_qs, quote, urlsplit
 
-from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Instance,
+    Integer,
+    List,
+    Set,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import LoggingConfigurable
 
 from . import gitref, netcheck
 from .providers import DEFAULT_PROVIDER_URLS, PROVIDERS, RepoRef, SpecError
 
-__all__ = ["LaunchSpec", "RepoPolicy", "SpecError"]
+__all__ = ["LaunchSpec", "RepoPolicy", "ResolveCache", "SpecError"]
 
 #: Longest repository link accepted, in characters.
 MAX_INPUT_LENGTH = 2048
@@ -295,6 +306,22 @@ class RepoPolicy(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    resolve_cache = Instance(
+        "binder_spawner.repos.ResolveCache",
+        help="""
+        Where resolved refs are kept. Default: one cache shared by every
+        RepoPolicy of the process, so all spawners of a hub (one per user)
+        share results and in-flight resolutions; entries are keyed by the
+        settings they depend on. Pass ``ResolveCache()`` for a private one.
+
+        .. versionadded:: 0.1
+        """,
+    )
+
+    @default("resolve_cache")
+    def _default_resolve_cache(self):
+        return ResolveCache.shared()
+
     git_executable = Unicode(
         "git",
         help="""
@@ -307,8 +334,6 @@ class RepoPolicy(LoggingConfigurable):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._cache = OrderedDict()
-        self._inflight = {}
         self._table_cache = None
         #: monotonic clock; tests replace it to move time
         self.clock = time.monotonic
@@ -612,23 +637,38 @@ class RepoPolicy(LoggingConfigurable):
         commit = await self._cached_lookup(spec.repo_url, spec.ref)
         return dataclasses.replace(spec, commit=commit)
 
+    def _fingerprint(self):
+        """The settings a resolution result depends on (part of every cache key)."""
+        return (
+            self.allow_http,
+            tuple(sorted(self.allowed_hosts)),
+            tuple(self.banned_networks),
+            tuple(sorted(self.provider_urls.items())),
+            self.git_executable,
+        )
+
     async def _cached_lookup(self, repo_url, ref, allow_empty=False):
-        key = (repo_url, ref, allow_empty)
-        now = self.clock()
-        hit = self._cache.get(key)
+        cache = self.resolve_cache
+        key = (self._fingerprint(), repo_url, ref, allow_empty)
+        hit = cache.entries.get(key)
         if hit is not None:
-            expires, result = hit
-            if expires > now:
-                self._cache.move_to_end(key)
+            stored_at, result = hit
+            ttl = (
+                self.resolve_negative_cache_ttl
+                if isinstance(result, SpecError)
+                else self.resolve_cache_ttl
+            )
+            if 0 <= self.clock() - stored_at < ttl:
+                cache.entries.move_to_end(key)
                 if isinstance(result, SpecError):
                     raise SpecError(result.message, result.status_code)
                 return result
-            del self._cache[key]
-        task = self._inflight.get(key)
+            del cache.entries[key]
+        task = cache.inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(self._lookup_and_store(key, repo_url, ref, allow_empty))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+            cache.inflight[key] = task
+            task.add_done_callback(lambda _: cache.inflight.pop(key, None))
         result = await asyncio.shield(task)
         if isinstance(result, SpecError):
             raise SpecError(result.message, result.status_code)
@@ -642,9 +682,11 @@ class RepoPolicy(LoggingConfigurable):
             result = e
             ttl = self.resolve_negative_cache_ttl
         if ttl > 0:
-            self._cache[key] = (self.clock() + ttl, result)
-            while len(self._cache) > self.resolve_cache_size:
-                self._cache.popitem(last=False)
+            entries = self.resolve_cache.entries
+            entries[key] = (self.clock(), result)
+            entries.move_to_end(key)
+            while len(entries) > self.resolve_cache_size:
+                entries.popitem(last=False)
         return result
 
     async def _pins(self, host, port, deadline):
@@ -820,6 +862,34 @@ class RepoPolicy(LoggingConfigurable):
         return SpecError(
             f"Could not read the repository at {repo_url}. Check the link and try again.", 404
         )
+
+
+class ResolveCache:
+    """Resolved (repository, ref) results and in-flight resolutions.
+
+    One process-wide instance (:meth:`shared`) is the default for every
+    :class:`RepoPolicy`: JupyterHub makes one spawner, hence one policy, per
+    user, and the cache is only useful across users. Bounded by
+    :attr:`RepoPolicy.resolve_cache_size`.
+    """
+
+    _shared = None
+
+    def __init__(self):
+        #: key -> (stored at, commit or SpecError), oldest first
+        self.entries = OrderedDict()
+        #: key -> asyncio task of the resolution in flight
+        self.inflight = {}
+
+    @classmethod
+    def shared(cls):
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def clear(self):
+        self.entries.clear()
+        self.inflight.clear()
 
 
 @dataclasses.dataclass(frozen=True)

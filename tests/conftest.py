@@ -25,6 +25,14 @@ def test_failed(request):
     return rep is None or rep.failed
 
 
+@pytest.fixture(autouse=True)
+def _fresh_resolve_cache():
+    """Every test starts with an empty process-wide ref cache (loopback ports get reused)."""
+    from binder_spawner.repos import ResolveCache
+
+    ResolveCache.shared().clear()
+
+
 @pytest.fixture
 async def hub_factory(tmp_path, request):
     """Start real hubs: ``hub = await hub_factory(config_source, env=...)``.

@@ -8,13 +8,15 @@ import socket
 import pytest
 
 from binder_spawner import gitref
-from binder_spawner.repos import RepoPolicy, SpecError
+from binder_spawner.repos import RepoPolicy, ResolveCache, SpecError
 
 
 @pytest.fixture
 def policy(git_server):
     # the tests opt in to their loopback server explicitly
-    return RepoPolicy(allow_http=True, allowed_hosts=[git_server.host])
+    return RepoPolicy(
+        allow_http=True, allowed_hosts=[git_server.host], resolve_cache=ResolveCache()
+    )
 
 
 @pytest.fixture
@@ -148,7 +150,7 @@ async def test_cache_is_bounded(policy, repo):
     policy.resolve_cache_size = 3
     for ref in ("main", "v1", "light", "feature/x", "HEAD"):
         await policy.resolve(policy.parse({"repo": url, "ref": ref}))
-    assert len(policy._cache) == 3
+    assert len(policy.resolve_cache.entries) == 3
 
 
 async def test_names_resolving_to_private_addresses_are_refused(git_server):
@@ -244,3 +246,24 @@ async def test_git_config_for_clones(repo, git_server, tmp_path):
     )
     _, err = await proc.communicate()
     assert proc.returncode != 0 and "not allowed" in err.decode()
+
+
+async def test_spawners_share_the_default_cache(repo, git_server):
+    """One policy per spawner (per user): the default cache is shared by all of them."""
+    url, shas = repo
+    settings = {"allow_http": True, "allowed_hosts": [git_server.host]}
+    first, second = RepoPolicy(**settings), RepoPolicy(**settings)
+    assert first.resolve_cache is second.resolve_cache is ResolveCache.shared()
+    results = await asyncio.gather(
+        first.resolve(first.parse({"repo": url, "ref": "dev-or-main"})),
+        second.resolve(second.parse({"repo": url, "ref": "dev-or-main"})),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, SpecError) for r in results)
+    assert (await first.resolve(first.parse(url))).commit == shas["main"]
+    assert (await second.resolve(second.parse(url))).commit == shas["main"]
+    assert git_server.requests["org/repo"] == 2  # one miss, one hit, shared
+    # other settings never see these results
+    other = RepoPolicy(allow_http=True, allowed_hosts=[git_server.host, "example.org"])
+    assert (await other.resolve(other.parse(url))).commit == shas["main"]
+    assert git_server.requests["org/repo"] == 3
