@@ -132,8 +132,9 @@ async def env(tmp_path_factory):
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.load_groups = {{"binder-anonymous": {{"users": []}}}}
     c.JupyterHub.authenticator_class = "null"
-    # POST .../server answers at once (202) instead of waiting for the start
-    c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+    # POST .../server answers at once (202) instead of waiting for the start, and
+    # every stop is a slow stop (202): the culler must wait for it to count a cull
+    c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0, "slow_stop_timeout": 0}}
     c.JupyterHub.services.append(
         {{"name": "binder", "url": "http://127.0.0.1:{port}", "command": {command!r}}}
     )
