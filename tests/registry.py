@@ -402,6 +402,70 @@ class _TokenHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class FaultyFront:
+    """A reverse proxy before a registry that first answers with ``failures`` statuses.
+
+    ``FaultyFront(registry.url, [503, 429]).start()``: the first request gets
+    503, the second 429, then everything is forwarded. ``.host``, ``.requests``.
+    """
+
+    def __init__(self, target, failures):
+        self.target = target.rstrip("/")
+        self.failures = list(failures)
+        self.requests = 0
+        handler = type("Handler", (_FrontHandler,), {"front": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.host = "127.0.0.1:%d" % self._httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    front = None
+
+    def log_message(self, format, *args):
+        pass
+
+    def _forward(self):
+        front = self.front
+        front.requests += 1
+        if front.failures:
+            status = front.failures.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host",)}
+        request = urllib.request.Request(
+            front.target + self.path, method=self.command, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, reply, body = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as e:
+            status, reply, body = e.code, e.headers, e.read()
+        self.send_response(status)
+        for key, value in reply.items():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = _forward
+
+
 @pytest.fixture
 def registry(tmp_path_factory, request):
     """An anonymous registry (:class:`Registry`) on loopback."""

@@ -6,7 +6,7 @@ import pytest
 
 from binder_spawner.images import image_name
 from binder_spawner.registry import RegistryClient, RegistryError, credentials_for, parse_challenge
-from tests.registry import DOCKER_MANIFEST
+from tests.registry import DOCKER_MANIFEST, FaultyFront
 
 from .utils import free_port
 
@@ -129,3 +129,32 @@ def test_docker_hub_names():
     )
     assert client._endpoint("ubuntu")[2:] == ("library/ubuntu", "latest")
     assert client._endpoint("quay.io/org/img@sha256:abc")[2:] == ("org/img", "sha256:abc")
+
+
+async def test_server_errors_are_retried(registry):
+    registry.push_image("binder/flaky", "t")
+    front = FaultyFront(registry.url, [503, 429]).start()
+    try:
+        client = RegistryClient(insecure_registries=[front.host], retries=3, retry_delay=0.01)
+        assert await client.image_exists(f"{front.host}/binder/flaky:t")
+        assert front.requests == 3
+        front.failures = [502, 502, 502]
+        with pytest.raises(RegistryError, match="HTTP 502"):
+            await client.image_exists(f"{front.host}/binder/flaky:other")
+        assert front.requests == 6  # bounded: three attempts
+    finally:
+        front.stop()
+
+
+async def test_expired_token_is_renewed(registry_token):
+    registry_token.push_image("private/img", "t")
+    client = client_for(registry_token, docker_config=registry_token.docker_config(), cache_ttl=0)
+    now = [0.0]
+    client.clock = lambda: now[0]
+    tokens = registry_token.token_server
+    image = f"{registry_token.host}/private/img:t"
+    assert await client.image_exists(image)
+    issued = tokens.token_requests
+    now[0] += 299  # tokens live 300 s; the client renews 10 s early
+    assert await client.image_exists(image)
+    assert tokens.token_requests == issued + 1
