@@ -324,3 +324,22 @@ def test_config_file_and_command_line(tmp_path, name, text):
     assert app.culler.max_age == 99
     assert app.per_repo_limit == 8  # the command line wins
     assert app.store.rules.per_repo == 8
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["-m", "binder_service"], id="python-m"),
+        pytest.param(["-m", "binder_spawner.cli", "service"], id="jupyterhub-binder-service"),
+    ],
+)
+def test_command_line_help(command):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, *command, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in ("--per-repo-limit", "--timeout", "--max-age", "--kubernetes", "--config"):
+        assert flag in result.stdout
