@@ -377,7 +377,8 @@ class RepoPolicy(LoggingConfigurable):
                     netcheck.normalise_host(parts.hostname),
                     parts.port or (443 if parts.scheme == "https" else 80),
                 )
-                trusted.add(hostport)
+                if name in self.provider_urls:
+                    trusted.add(hostport)  # the admin's own host, e.g. an internal GitLab
                 provider_hosts.setdefault(hostport, []).append(name)
         tables = _Tables(
             provider_urls=urls,
