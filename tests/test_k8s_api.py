@@ -674,6 +674,31 @@ async def test_finalizers_and_garbage_collection(api, cluster):
     await api.delete(NS + "/pods/owner2", {"propagationPolicy": "Orphan"})
     status, kept = await api.get(NS + "/secrets/kept")
     assert status == 200 and not kept["metadata"].get("ownerReferences")
+    # Foreground: the owner waits, marked, until its dependents (here a terminating pod) are gone
+    _, owner = await api.post(NS + "/configmaps", {"metadata": {"name": "owner3"}})
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner3",
+        "uid": owner["metadata"]["uid"],
+    }
+    await api.post(
+        NS + "/pods",
+        {
+            **pod("dependent", node="node-1"),
+            "metadata": {"name": "dependent", "ownerReferences": [ref]},
+        },
+    )
+    status, deleting = await api.delete(
+        NS + "/configmaps/owner3", {"propagationPolicy": "Foreground"}
+    )
+    assert status == 200 and deleting["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert (await api.get(NS + "/pods/dependent"))[1]["metadata"]["deletionTimestamp"]
+    assert (await api.get(NS + "/configmaps/owner3"))[0] == 200
+    cluster.store.delete(
+        "pods", "default", "dependent", grace_period_seconds=0
+    )  # the kubelet confirms
+    assert (await api.get(NS + "/configmaps/owner3"))[0] == 404
 
 
 async def test_deletecollection_and_namespace_deletion(api, cluster):

@@ -67,7 +67,10 @@ class DeletionMixin:
             return self._delete_namespace(rt, current)
         if grace == 0:
             self._grace_done.add(key)
-        if grace == 0 and not meta.get("finalizers"):
+        foreground = propagation_policy == "Foreground" and any(
+            self.exists(*d) for d in self._dependents.get(meta["uid"], ())
+        )
+        if grace == 0 and not meta.get("finalizers") and not foreground:
             return self._remove(rt, current)
         # Graceful deletion and/or finalizers: mark, keep the object.
         new = clone(current)
@@ -77,7 +80,7 @@ class DeletionMixin:
         ):
             new_meta["deletionTimestamp"] = timestamp(time.time() + (grace or 0))
             new_meta["deletionGracePeriodSeconds"] = grace or 0
-            if propagation_policy == "Foreground":
+            if foreground:
                 new_meta.setdefault("finalizers", []).append("foregroundDeletion")
             new_meta["resourceVersion"] = self._next_rv()
             self._objects[rt.plural][self._key(rt, new_meta.get("namespace"), name)] = new
@@ -158,6 +161,18 @@ class DeletionMixin:
         if rt.plural == "pods":
             self._drop_logs(meta.get("namespace"), meta["name"])
         self._collect_garbage(meta["uid"])
+        # An owner deleted in the foreground goes once its last dependent has gone.
+        for ref in meta.get("ownerReferences") or []:
+            for owner_rt in RESOURCES.values():
+                if owner_rt.kind != ref.get("kind"):
+                    continue
+                owner = self._objects[owner_rt.plural].get(
+                    self._key(owner_rt, meta.get("namespace"), ref.get("name"))
+                )
+                if owner is not None and "foregroundDeletion" in (
+                    owner["metadata"].get("finalizers") or []
+                ):
+                    self._foreground(owner_rt, owner)
         if rt.namespaced:
             self._maybe_finish_namespace(meta.get("namespace"))
         return clone(removed)
