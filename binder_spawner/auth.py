@@ -14,7 +14,7 @@ import time
 
 from jupyterhub import orm
 from jupyterhub.auth import Authenticator
-from jupyterhub.utils import maybe_future
+from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
 
@@ -387,12 +387,21 @@ class AnonymousAuthenticator(Authenticator):
             return name
         raise RuntimeError("could not pick an unused anonymous username")
 
+    def login_url(self, base_url):
+        """``/hub/anonymous-login``, where :meth:`authenticate` runs.
+
+        A separate URL from JupyterHub's ``/hub/login`` so that the "Sign in"
+        button of the login page (with ``auto_login = False``) leads to a
+        login instead of back to the same page (jupyterhub 5.5/6.1
+        ``LoginHandler._render``: ``authenticator_login_url``).
+        """
+        return url_path_join(base_url, "anonymous-login")
+
     async def authenticate(self, handler, data=None):
         """Keep the browser's identity if it has one; else make a new anonymous user.
 
-        Called by JupyterHub's login handler (``auto_login`` with this class'
-        ``login_url``, which is the hub's own ``/hub/login``) for visitors
-        without a hub cookie. The name carries the slug of the repository the
+        Called from ``/hub/anonymous-login`` (see :meth:`login_url`) for
+        visitors without a hub cookie. The name carries the slug of the repository the
         visitor is launching (read from the ``next`` URL) to stay readable.
         """
         try:
@@ -462,17 +471,20 @@ class AnonymousAuthenticator(Authenticator):
     def get_handlers(self, app):
         """Handlers registered before JupyterHub's own (``JupyterHub.init_handlers``).
 
-        ``/login`` checks ``next`` more strictly, ``/logout`` discards an
-        anonymous identity, ``/spawn`` routes launch links to named servers.
+        ``/login`` checks ``next`` more strictly, ``/anonymous-login`` logs
+        in, ``/logout`` discards an anonymous identity, ``/spawn`` routes
+        launch links to named servers.
         """
         from .auth_handlers import (
             AnonymousLoginHandler,
             AnonymousLogoutHandler,
+            AnonymousSessionHandler,
             LaunchRouterHandler,
         )
 
         handlers = [
             (r"/login", AnonymousLoginHandler),
+            (r"/anonymous-login", AnonymousSessionHandler),
             (r"/logout", AnonymousLogoutHandler),
         ]
         if self.route_launch_links:

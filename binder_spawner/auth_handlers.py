@@ -27,11 +27,11 @@ def _anonymous_authenticator(handler):
 class AnonymousLoginHandler(LoginHandler):
     """JupyterHub's login handler with a stricter check of ``next``.
 
-    With ``auto_login`` and the default ``login_url``, ``LoginHandler.get``
-    calls ``login_user()`` itself and redirects to ``get_next_url(user)``
-    (jupyterhub 5.5/6.1 ``handlers/login.py``), so the launch query inside
-    ``next`` survives the login. ``next`` first passes the hub's own check,
-    then :func:`binder_spawner.identity.safe_next_url`.
+    ``LoginHandler.get`` (jupyterhub 5.5/6.1 ``handlers/login.py``) passes
+    ``next`` on to the authenticator's ``login_url`` with ``auto_login``, and
+    into the "Sign in" link without, so the launch query inside ``next``
+    survives the login. ``next`` first passes the hub's own check, then
+    :func:`binder_spawner.identity.safe_next_url`.
     """
 
     def _validate_next_url(self, next_url):
@@ -42,6 +42,27 @@ class AnonymousLoginHandler(LoginHandler):
         if not strict:
             self.log.warning("Disallowing redirect after login: %s", safe_log(next_url))
         return strict
+
+
+class AnonymousSessionHandler(AnonymousLoginHandler):
+    """``/hub/anonymous-login``: the login itself, the authenticator's ``login_url``.
+
+    JupyterHub's ``/hub/login`` redirects here (with ``auto_login``) or links
+    here (the "Sign in" button, without it). A browser with an identity
+    keeps it; one without gets a new anonymous user; both go on to ``next``.
+    Unlike tmpauthenticator's ``/tmplogin`` this never replaces an existing
+    identity, so a link from another site cannot reset a visitor's sessions.
+    """
+
+    async def get(self):
+        user = self.current_user
+        if user is None:
+            user = await self.login_user()
+            if user is None:
+                raise web.HTTPError(403, "Could not create a session. Try again.")
+        else:
+            self.set_login_cookie(user)
+        self.redirect(self.get_next_url(user))
 
 
 class AnonymousLogoutHandler(LogoutHandler):

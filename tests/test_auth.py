@@ -64,6 +64,22 @@ def spawn_url(hub, params):
     return str(yarl.URL(hub.url + "/hub/spawn").with_query(params))
 
 
+LOGIN = BASE + "hub/login"
+ANONYMOUS_LOGIN = BASE + "hub/anonymous-login"
+
+
+def after_login(steps):
+    """Split redirect steps: the hops to the login URLs, and where the browser went next."""
+    login = []
+    for status, location in steps:
+        if urlsplit(location).path in (LOGIN, ANONYMOUS_LOGIN):
+            assert status == 302
+            login.append((status, location))
+        elif login:
+            return login, location
+    raise AssertionError(f"no login in {steps}")
+
+
 async def follow(browser, url, limit=10):
     """Follow redirects one by one; returns the list of (status, location or url)."""
     steps = []
@@ -95,11 +111,10 @@ async def test_first_visit_logs_in_and_keeps_launch_query(hub):
     browser = fresh_browser(hub)
     url = spawn_url(hub, LAUNCH)
     steps = await follow(browser, url)
-    # not logged in: to the login page, which sends the browser back to the launch URL
-    assert steps[0][0] == 302
-    assert urlsplit(steps[0][1]).path == BASE + "hub/login"
-    assert steps[1][0] == 302
-    back = urlsplit(steps[1][1])
+    # not logged in: through the login pages (only redirects), back to the launch URL
+    login, back = after_login(steps)
+    assert [urlsplit(u).path for _, u in login] == [LOGIN, ANONYMOUS_LOGIN]
+    back = urlsplit(back)
     assert back.path == BASE + "hub/spawn"
     assert {k: v[0] for k, v in parse_qs(back.query).items()} == LAUNCH
     assert "jupyterhub-session-id" in {c.key for c in browser.cookie_jar}
@@ -136,8 +151,9 @@ async def test_return_visit_keeps_identity(hub):
     status, _ = await hub.api("DELETE", f"/users/{first['name']}")
     assert status == 204
     steps = await follow(browser, spawn_url(hub, {"repo": "https://github.com/org/back-again"}))
-    assert steps[0][0] == 302 and "/hub/login" in steps[0][1]
-    assert urlsplit(steps[1][1]).query == "repo=https://github.com/org/back-again"
+    login, back = after_login(steps)
+    assert login
+    assert urlsplit(back).query == "repo=https://github.com/org/back-again"
     assert (await whoami(hub, browser))["name"].startswith("back-again-")
 
 
@@ -216,15 +232,22 @@ BYPASS_VECTORS = [
 ]
 
 
+async def login_with_next(hub, entry, next_url):
+    """Visit a login URL with ``next`` as a new browser; where does it send the browser?"""
+    browser = fresh_browser(hub)
+    url = yarl.URL(f"{hub.url}/hub/{entry}?next={quote(next_url, safe='')}", encoded=True)
+    steps = await follow(browser, str(url), limit=3)
+    # the visited URL counts as the first hop to a login page
+    _, location = after_login([(302, str(url))] + steps)
+    return location
+
+
+@pytest.mark.parametrize("entry", ["login", "anonymous-login"])
 @pytest.mark.parametrize("vector", BYPASS_VECTORS)
-async def test_login_refuses_redirect_bypass(hub, vector):
+async def test_login_refuses_redirect_bypass(hub, entry, vector):
     root = origin(hub)
     vector = vector.format(hub=root, root=root)
-    browser = fresh_browser(hub)
-    url = yarl.URL(f"{hub.url}/hub/login?next={quote(vector, safe='')}", encoded=True)
-    async with browser.get(url, allow_redirects=False) as resp:
-        assert resp.status == 302, await resp.text()
-        location = resp.headers["Location"]
+    location = await login_with_next(hub, entry, vector)
     target = urlsplit(location)
     assert target.netloc in ("", urlsplit(root).netloc), location
     assert "evil" not in location
@@ -242,11 +265,7 @@ async def test_login_refuses_redirect_bypass(hub, vector):
 async def test_login_keeps_good_next(hub, next_url, expected):
     root = origin(hub)
     next_url = next_url.format(root=root, host=urlsplit(root).netloc)
-    browser = fresh_browser(hub)
-    url = yarl.URL(f"{hub.url}/hub/login?next={quote(next_url, safe='')}", encoded=True)
-    async with browser.get(url, allow_redirects=False) as resp:
-        assert resp.status == 302
-        assert resp.headers["Location"] == expected
+    assert await login_with_next(hub, "login", next_url) == expected
 
 
 async def test_logout_discards_identity_and_stops_servers(hub):
