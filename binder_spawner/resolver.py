@@ -34,6 +34,44 @@ def _pin_address(address):
     return f"[{address}]" if ":" in address else address
 
 
+#: Most bytes read from git's stdout or stderr: a ref listing filtered by the
+#: requested names is tiny, a hostile server must not fill the hub's memory.
+MAX_GIT_OUTPUT = 4 * 1024 * 1024
+
+
+class _TooMuchOutput(Exception):
+    pass
+
+
+async def _read_bounded(stream, limit):
+    chunks = []
+    size = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise _TooMuchOutput()
+        chunks.append(chunk)
+
+
+async def _communicate_bounded(proc, limit):
+    """(stdout, stderr) of ``proc``, each at most ``limit`` bytes, after it exits."""
+    stdout, stderr = await asyncio.gather(
+        _read_bounded(proc.stdout, limit), _read_bounded(proc.stderr, limit)
+    )
+    await proc.wait()
+    return stdout, stderr
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class ResolveCache:
     """Resolved (repository, ref) results and in-flight resolutions.
 
@@ -302,13 +340,16 @@ class RefResolver(LoggingConfigurable):
         )
         try:
             stdout, stderr = await asyncio.wait_for(
-                proc.communicate(), max(0.1, deadline - time.monotonic())
+                _communicate_bounded(proc, MAX_GIT_OUTPUT), max(0.1, deadline - time.monotonic())
             )
+        except _TooMuchOutput:
+            _kill_group(proc)
+            await proc.wait()
+            raise SpecError(
+                f"The repository at {repo_url} sent more data than a ref listing needs.", 400
+            ) from None
         except asyncio.TimeoutError:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(proc)
             await proc.wait()
             self.log.warning("git ls-remote %s timed out after %ss", repo_url, self.git_timeout)
             raise SpecError(
@@ -316,7 +357,8 @@ class RefResolver(LoggingConfigurable):
             ) from None
         error = stderr.decode("utf8", "replace")
         if proc.returncode:
-            self.log.info("git ls-remote %s failed: %s", repo_url, error.strip()[-500:])
+            # the server's own messages ("remote: ...") are in there: log them escaped
+            self.log.info("git ls-remote %s failed: %r", repo_url, error.strip()[-500:])
             raise self._classify_git_error(repo_url, error)
         refs = gitref.parse_ls_remote(stdout.decode("utf8", "replace"))
         self.log.debug("Resolved %s %s in %.3fs", repo_url, ref, time.monotonic() - started)

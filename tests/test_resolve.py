@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from binder_spawner import gitref
+from binder_spawner import gitref, resolver
 from binder_spawner.repos import RepoPolicy, ResolveCache, SpecError
 
 
@@ -267,3 +267,12 @@ async def test_spawners_share_the_default_cache(repo, git_server):
     other = RepoPolicy(allow_http=True, allowed_hosts=[git_server.host, "example.org"])
     assert (await other.resolve(other.parse(url))).commit == shas["main"]
     assert git_server.requests["org/repo"] == 3
+
+
+async def test_output_is_bounded(policy, repo, monkeypatch):
+    """A server that sends more than a ref listing needs is cut off, not buffered."""
+    url, _ = repo
+    monkeypatch.setattr(resolver, "MAX_GIT_OUTPUT", 60)  # two ref lines are ~100 bytes
+    with pytest.raises(SpecError, match="sent more data") as info:
+        await policy.resolve(policy.parse({"repo": url, "ref": "light"}))
+    assert info.value.status_code == 400
