@@ -1,0 +1,156 @@
+"""Local mode build and launch times, measured on this machine.
+
+    python benchmarks/local_build.py [--repeat 5] [--json]
+
+Run with a test environment's Python (``.venv-test-latest/bin/python``) from
+the repository root, with ``node_modules/.bin`` on PATH; needs bubblewrap, git
+and access to PyPI. It serves one small repository (``requirements.txt`` with
+``six``, a notebook) from a real git smart-HTTP server on loopback and measures:
+
+- ``build_cold_cache_s``: a build with an empty download cache (clone, venv,
+  resolve and download JupyterLab, jupyterhub and the requirement, install);
+- ``build_warm_cache_s``: the same repository at a new commit, cache populated
+  (what a new commit of a known repository costs), median of ``--repeat``;
+- ``pip_build_warm_cache_s``: the same build with ``python -m venv`` + pip and
+  pip's own populated cache, median of ``--repeat``;
+- through a real hub (the root jupyterhub_config.py, proxy, service):
+  ``launch_cold_s``, from the spawn request to the server being ready, for a
+  commit never built; ``relaunch_warm_median_s``: the same commit again, after
+  stopping the server, median of ``--repeat`` (environment reused; what is
+  left is the home copy, sandbox start and JupyterLab's start-up).
+
+Numbers depend on the network to PyPI and on the machine's load: the load
+average is printed with them.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from binder_spawner.localbuild import EnvironmentBuilder  # noqa: E402
+from tests.gitserver import GitServer  # noqa: E402
+from tests.localhub import LocalHub, start_local_hub  # noqa: E402
+
+REPO = {
+    "requirements.txt": "six==1.17.0\n",
+    "index.ipynb": json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}),
+}
+
+
+def reachable_dir(prefix):
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o711)
+    return path
+
+
+async def timed_build(builder, url, commit):
+    started = time.perf_counter()
+    task = builder.build(url, commit)
+    async for _ in task.follow():
+        pass
+    await task.result()
+    return time.perf_counter() - started
+
+
+async def builds(git, url, repeat):
+    results = {}
+    root = reachable_dir("binder-bench-build-")
+    try:
+        cache = os.path.join(root, "cache")
+        uv = EnvironmentBuilder(
+            envs_dir=os.path.join(root, "envs-uv"), cache_dir=cache, python_downloads=False
+        )
+        results["build_cold_cache_s"] = await timed_build(uv, url, git.sha("bench/demo"))
+        warm = []
+        for i in range(repeat):
+            commit = git.commit("bench/demo", {"n.txt": f"uv {i}"})
+            warm.append(await timed_build(uv, url, commit))
+        results["build_warm_cache_s"] = statistics.median(warm)
+
+        pip = EnvironmentBuilder(
+            envs_dir=os.path.join(root, "envs-pip"),
+            cache_dir=cache,
+            python_downloads=False,
+            installer="pip",
+        )
+        # one build fills pip's cache; then the same measurement as for uv
+        await timed_build(pip, url, git.commit("bench/demo", {"n.txt": "pip warm-up"}))
+        warm = []
+        for i in range(repeat):
+            commit = git.commit("bench/demo", {"n.txt": f"pip {i}"})
+            warm.append(await timed_build(pip, url, commit))
+        results["pip_build_warm_cache_s"] = statistics.median(warm)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+async def launches(git, url, repeat):
+    results = {}
+    directory = Path(tempfile.mkdtemp(prefix="binder-bench-hub-"))
+    hub = await start_local_hub(directory, git)
+    local = LocalHub(hub, git)
+    try:
+        commit = git.commit("bench/demo", {"n.txt": "launch"})
+        options = {"repo": url, "ref": commit}
+        started = time.perf_counter()
+        events = await local.launch("bench", options)
+        assert events[-1].get("ready"), events
+        results["launch_cold_s"] = time.perf_counter() - started
+        await local.stop("bench")
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            events = await local.launch("bench", options)
+            assert events[-1].get("ready"), events
+            times.append(time.perf_counter() - started)
+            await local.stop("bench")
+        results["relaunch_warm_median_s"] = statistics.median(times)
+        results["relaunch_warm_all_s"] = [round(t, 2) for t in times]
+    finally:
+        await hub.stop()
+        shutil.rmtree(hub.state_dir, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
+async def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per median (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    git = GitServer(tempfile.mkdtemp(prefix="binder-bench-git-"))
+    git.start()
+    try:
+        url = git.create_repo("bench/demo", REPO)
+        results = {"load_average_before": os.getloadavg()[0]}
+        results.update(await builds(git, url, args.repeat))
+        results.update(await launches(git, url, args.repeat))
+        results["load_average_after"] = os.getloadavg()[0]
+        results["repeat"] = args.repeat
+    finally:
+        git.stop()
+        shutil.rmtree(git.root, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for key, value in results.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else value
+        print(f"{key:28} {shown}")
+    print(
+        f"uv vs pip (warm cache): {results['pip_build_warm_cache_s'] / results['build_warm_cache_s']:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
