@@ -1,10 +1,13 @@
 """Fuzzing the front door: no input makes parsing fail with anything but SpecError,
 and nothing a stranger writes reaches git as an option."""
 
-from hypothesis import HealthCheck, given, settings
+import ipaddress
+import socket
+
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from binder_spawner import gitref
+from binder_spawner import gitref, netcheck
 from binder_spawner.images import build_pod_name, image_name
 from binder_spawner.repos import LaunchSpec, RepoPolicy, SpecError
 
@@ -100,3 +103,28 @@ def test_refs_from_strangers(ref):
         return
     assert not spec.ref.startswith("-")
     check_git_arguments(spec)
+
+
+NUMERIC_HOSTS = st.text(st.sampled_from(list("0123456789abcdefx.:[]XF")), min_size=1, max_size=24)
+
+
+@settings(max_examples=500, deadline=None)
+@given(NUMERIC_HOSTS)
+@example("0x7f.1")
+@example("127.1")
+@example("2130706433")
+@example("0177.0.0.1")
+@example("[::ffff:127.0.0.1]")
+@example("1.2.3")
+def test_every_numeric_spelling_is_recognised(host):
+    """Whatever the C library reads as an address, the checks read as the same address."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), 443, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):
+        return
+    expected = ipaddress.ip_address(infos[0][4][0].split("%")[0])
+    assert netcheck.parse_ip_literal(host) == expected
+    try:
+        assert netcheck.normalise_host(host.strip("[]")) == str(expected)
+    except netcheck.HostError:
+        raise AssertionError(f"{host!r} is {expected} but was refused as a name") from None
