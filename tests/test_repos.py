@@ -302,6 +302,14 @@ ACCEPTED = [
     ),
     # the hub's query form
     P(
+        {"repo": "https://gist.github.com/u/abc.git", "ref": SHA},
+        "gist",
+        f"gist/u/abc/{SHA}",
+        "https://gist.github.com/u/abc.git",
+        SHA,
+        id="query-gist-repo-url-from-service",
+    ),
+    P(
         {"repo": "gh/org/repo", "ref": "issue#12"},
         "gh",
         "gh/org/repo/issue#12",
