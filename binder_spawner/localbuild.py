@@ -256,16 +256,18 @@ class EnvironmentBuilder(SingletonConfigurable):
     ).tag(config=True)
 
     link_mode = Enum(
-        ["hardlink", "copy", "clone", "symlink"],
-        "hardlink",
+        ["copy", "hardlink", "clone", "symlink"],
+        "copy",
         help="""
         How uv puts packages from the download cache into environments (``UV_LINK_MODE``).
 
-        ``hardlink`` (the default) is fast and shares disk space between
-        environments; ``copy`` takes the full size and time for every build.
-        Either way the cache is writable by builds, which run the repositories'
-        own build code: see the threat model in the README.
-        Example: ``c.EnvironmentBuilder.link_mode = "copy"``
+        Default ``copy``: each build step sees the cache and its environment as
+        two separate bind mounts of the sandbox, and the kernel refuses hard
+        links and reflinks between mounts (uv would fall back to copying with a
+        warning). Copies also keep built environments safe from later builds:
+        with hard links, a build that writes into a cached file would change
+        every environment linked to it.
+        Example: ``c.EnvironmentBuilder.link_mode = "hardlink"``
 
         .. versionadded:: 0.1
         """,
@@ -281,6 +283,8 @@ class EnvironmentBuilder(SingletonConfigurable):
         super().__init__(**kwargs)
         self._tasks = {}
         self._in_use = {}
+        # (monotonic time, {version: executable}): asking uv takes seconds
+        self._pythons = None
 
     # -- public API -----------------------------------------------------------
 
@@ -370,7 +374,9 @@ class EnvironmentBuilder(SingletonConfigurable):
         self.sandbox.check_reachable(path)
         uid = self.sandbox.build_uid()
         self.sandbox.chown(path, uid)
-        self.sandbox.chown(self.cache_dir, uid)
+        if uid is not None and os.stat(self.cache_dir).st_uid != uid:
+            # once, for a cache made by someone else; later files are the build uid's own
+            self.sandbox.chown(self.cache_dir, uid)
         return uid
 
     def _finish(self, path, env):
@@ -645,13 +651,16 @@ class EnvironmentBuilder(SingletonConfigurable):
 
     async def _choose_python(self, requested):
         """(executable, version, warnings) for a ``runtime.txt`` request (None: the default)."""
-        available = await self._installed_pythons()
+        if self._pythons is None or time.monotonic() - self._pythons[0] > 300:
+            self._pythons = (time.monotonic(), await self._installed_pythons())
+        available = self._pythons[1]
         warnings = []
         if requested:
             want = version_tuple(requested)
             match = [v for v in available if version_tuple(v) == want]
             if not match and self.python_downloads and await self._download_python(requested):
                 available = await self._installed_pythons()
+                self._pythons = (time.monotonic(), available)
             chosen = nearest_python(requested, available)
             if chosen is None:
                 raise BuildError("No Python interpreter is available to build this repository.")
