@@ -75,6 +75,7 @@ def binder_config(registry, git, service_port, kubeconfig):
     c.JupyterHub.authenticator_class = "null"
     c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
     c.BinderSpawner.image_prefix = "{registry.host}/{PREFIX_NAME}"
+    c.BinderSpawner.registry_url = "{registry.url}"
     c.BinderSpawner.start_timeout = 120
     c.RepoPolicy.allow_http = True
     c.RepoPolicy.allowed_hosts = ["{git.host}"]

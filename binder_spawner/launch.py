@@ -43,6 +43,9 @@ from traitlets.config import LoggingConfigurable
 from .errors import spawn_error
 from .service_client import BinderServiceClient, BinderServiceError, ServiceUnavailable
 
+#: collaborators shared by the spawners of a hub process, keyed by (class, name)
+_SHARED = {}
+
 #: The user_options keys a launch reads. Everything else is refused.
 LAUNCH_OPTION_KEYS = ("repo", "ref", "urlpath", "labpath", "filepath")
 #: Upper bound on any one option's length (characters).
@@ -223,9 +226,14 @@ class BinderLaunchMixin(LoggingConfigurable):
 
     @default("repo_policy")
     def _default_repo_policy(self):
+        # one per hub process and spawner class: its resolve cache serves
+        # every user's launches (the configuration is the hub's, the same for all)
         from .repos import RepoPolicy
 
-        return RepoPolicy(parent=self)
+        key = (type(self), "repo_policy")
+        if key not in _SHARED:
+            _SHARED[key] = RepoPolicy(parent=self)
+        return _SHARED[key]
 
     service_client = Instance(
         BinderServiceClient,

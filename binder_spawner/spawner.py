@@ -7,7 +7,10 @@ resolve, reservation, progress, ``BINDER_*`` environment) is
 """
 
 import asyncio
+import base64
 import copy
+import json
+from urllib.parse import urlsplit
 
 import jupyterhub
 from kubespawner import KubeSpawner
@@ -20,6 +23,11 @@ from .builder import BuildFailed, BuildPod, BuildTimedOut
 from .errors import spawn_error
 from .launch import BinderLaunchMixin, repo_hash
 from .service_client import BinderServiceError
+
+#: collaborators shared by all spawners of a hub process, keyed by (class, name)
+_SHARED = {}
+#: fire-and-forget tasks, referenced until done
+_BACKGROUND = set()
 
 #: the repo2docker release build pods run by default
 DEFAULT_BUILDER_IMAGE = "quay.io/jupyterhub/repo2docker:2025.08.0"
@@ -62,9 +70,73 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
     @default("registry_client")
     def _default_registry_client(self):
+        # one client per hub process: its cache of existing images and its
+        # registry tokens serve every user's launches
         from .registry import RegistryClient
 
-        return RegistryClient(parent=self)
+        key = (type(self), "registry_client")
+        if key not in _SHARED:
+            client = RegistryClient(parent=self)
+            scheme, host = self._registry_endpoint()
+            if scheme == "http" and host not in client.insecure_registries:
+                client.insecure_registries = [*client.insecure_registries, host]
+            _SHARED[key] = client
+        return _SHARED[key]
+
+    registry_url = Unicode(
+        help="""
+        URL of the registry's API where images are looked up before a build,
+        e.g. ``https://registry.example.org``. Default: ``https://`` and the
+        host of :attr:`image_prefix`. Set it when the API is reached at another
+        address than the one in image names, or over plain ``http://``.
+
+        Example: ``c.BinderSpawner.registry_url = "http://registry.binder.svc:5000"``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    def _registry_endpoint(self):
+        """(scheme, host) of the registry API, or ("", "") when unknown."""
+        if self.registry_url:
+            parts = urlsplit(self.registry_url)
+            return parts.scheme, parts.netloc
+        return "", ""
+
+    def lookup_name(self, image):
+        """``image`` with the host of :attr:`registry_url`, for the registry lookup."""
+        scheme, host = self._registry_endpoint()
+        if not host or "/" not in image:
+            return image
+        return host + "/" + image.split("/", 1)[1]
+
+    async def _load_push_credentials(self):
+        """Registry credentials for lookups from :attr:`push_secret`, read once per process."""
+        key = (type(self), "push_secret_loaded")
+        client = self.registry_client
+        if (
+            not self.push_secret
+            or _SHARED.get(key)
+            or client.docker_config
+            or client.docker_config_path
+        ):
+            return
+        try:
+            secret = await asyncio.wait_for(
+                self.api.read_namespaced_secret(
+                    self.push_secret,
+                    self.build_namespace,
+                    _request_timeout=self.k8s_api_request_timeout,
+                ),
+                self.k8s_api_request_timeout,
+            )
+            data = (secret.data or {}).get(".dockerconfigjson")
+            if data:
+                client.docker_config = json.loads(base64.b64decode(data))
+        except Exception as e:
+            self.log.warning("Cannot read registry credentials from %s: %s", self.push_secret, e)
+            return
+        _SHARED[key] = True
 
     builder_image = Unicode(
         DEFAULT_BUILDER_IMAGE,
@@ -301,15 +373,53 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         self.image = image
         placement = asyncio.ensure_future(self.placement_terms(image))
         try:
-            if await self.registry_client.image_exists(image):
+            if await self.image_exists(image):
                 self.log.info("Image %s exists, no build for %s", image, self._log_name)
                 self.emit_progress("built", f"Found built image {image}")
+                # a build that finished while the hub was away is not cleaned up yet
+                task = asyncio.ensure_future(self._remove_finished_build(image))
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
             else:
                 await self.build_image(spec, image)
             self._placement = await placement
         finally:
             if not placement.done():
                 placement.cancel()
+
+    async def image_exists(self, image):
+        """Ask the registry; an unreachable registry fails the launch with a message."""
+        from .registry import RegistryError
+
+        await self._load_push_credentials()
+        try:
+            return await self.registry_client.image_exists(self.lookup_name(image))
+        except RegistryError as e:
+            self.log.error("Registry lookup of %s for %s failed: %s", image, self._log_name, e)
+            raise spawn_error(
+                "The image registry is not answering. Try again in a few minutes.",
+                status_code=503,
+                reason="registry",
+            ) from None
+
+    async def _remove_finished_build(self, image):
+        from .images import build_pod_name
+
+        pod = BuildPod(
+            self.api,
+            self.build_namespace,
+            {"metadata": {"name": build_pod_name(image)}},
+            log=self.log,
+            emit=lambda *args: None,
+            image_exists=lambda: None,
+            request_timeout=self.k8s_api_request_timeout,
+        )
+        try:
+            found = await pod.read()
+            if found is not None and build.pod_outcome(found)[0]:
+                await pod.delete()
+        except Exception as e:
+            self.log.debug("No cleanup of build pod %s: %s", pod.ref, e)
 
     async def placement_terms(self, image):
         """Preferred node-affinity terms from the service's answer ([] on no answer)."""
@@ -394,7 +504,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
             manifest,
             log=self.log,
             emit=self.emit_progress,
-            image_exists=lambda: self.registry_client.image_exists(image),
+            image_exists=lambda: self.image_exists(image),
             request_timeout=self.k8s_api_request_timeout,
         )
         try:

@@ -202,10 +202,13 @@ def hub_config(registry, git, service_port, kubeconfig):
     # as zero-to-jupyterhub: servers (and builds) outlive a hub restart
     c.JupyterHub.cleanup_servers = False
     c.BinderSpawner.image_prefix = "{registry.host}/binder-"
+    c.BinderSpawner.registry_url = "{registry.url}"
     c.BinderSpawner.start_timeout = 120
     c.BinderSpawner.http_timeout = 90
     c.BinderSpawner.placement_timeout = 5
     c.RepoPolicy.allow_http = True
+    # a new commit is seen at once (the test pushes one and relaunches)
+    c.RepoPolicy.resolve_cache_ttl = 0
     c.RepoPolicy.allowed_hosts = ["{git.host}"]
     c.BinderServiceClient.url = "http://127.0.0.1:{service_port}/services/binder/"
 

@@ -5,15 +5,42 @@ import json
 import jupyterhub
 import kubernetes_validate
 import pytest
+from kubernetes_asyncio.config import kube_config
 from repo2docker.__main__ import get_argparser
 
 from binder_spawner import build
 from binder_spawner.launch import repo_hash
 from binder_spawner.spawner import BinderSpawner
 
+from .k8s.fixtures import reset_kubespawner_config
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 IMAGE = "registry.example.org/binder-gh-org-repo-1a2b3c:" + COMMIT
 REPO = "https://github.com/org/repo"
+
+
+@pytest.fixture(autouse=True)
+def kubeconfig(tmp_path, monkeypatch):
+    """KubeSpawner loads a kubeconfig when constructed: give it one (never contacted)."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    # read once at import by kubernetes_asyncio
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    reset_kubespawner_config()
+    yield
+    reset_kubespawner_config()
 
 
 def validate(obj):
@@ -77,7 +104,7 @@ def test_singleuser_requirement_matches_the_hub(version, requirement):
     assert f'"{requirement}"' in build.singleuser_appendix(version)
 
 
-def test_spawner_appends_singleuser_of_this_hub_unless_turned_off():
+async def test_spawner_appends_singleuser_of_this_hub_unless_turned_off():
     spawner = BinderSpawner(_mock=True)
 
     class Spec:
@@ -229,7 +256,7 @@ def test_pod_outcome():
     assert build.pod_outcome(pull) == (True, False, "ImagePullBackOff")
 
 
-def test_user_pod_defaults():
+async def test_user_pod_defaults():
     spawner = BinderSpawner(_mock=True)
     assert spawner.mem_guarantee == 1024**3
     assert spawner.mem_limit == 2 * 1024**3
@@ -244,7 +271,7 @@ def test_user_pod_defaults():
     assert spawner.builder_image.startswith("quay.io/jupyterhub/repo2docker:")
 
 
-def test_kubespawner_config_applies_and_binderspawner_config_wins():
+async def test_kubespawner_config_applies_and_binderspawner_config_wins():
     from traitlets.config import Config
 
     config = Config()
@@ -256,7 +283,7 @@ def test_kubespawner_config_applies_and_binderspawner_config_wins():
     assert spawner.mem_guarantee == 768 * 1024**2
 
 
-def test_bad_build_backend_config():
+async def test_bad_build_backend_config():
     from traitlets import TraitError
 
     spawner = BinderSpawner(_mock=True)
