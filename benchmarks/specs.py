@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from binder_spawner.repos import RepoPolicy, SpecError  # noqa: E402
+from binder_spawner.repos import RepoPolicy, ResolveCache, SpecError  # noqa: E402
 from tests.gitserver import GitServer  # noqa: E402
 
 DATA = Path("/work/shared/data/mybinder-launches-2019-03-04.jsonl.gz")
@@ -103,7 +103,12 @@ async def time_resolve(repos=10, calls=50, burst=50):
                     links.append({"repo": server.repo_url(name), "ref": ref})
             settings = {"allow_http": True, "allowed_hosts": [server.host]}
 
-            uncached = RepoPolicy(resolve_cache_ttl=0, resolve_negative_cache_ttl=0, **settings)
+            uncached = RepoPolicy(
+                resolve_cache_ttl=0,
+                resolve_negative_cache_ttl=0,
+                resolve_cache=ResolveCache(),
+                **settings,
+            )
             specs = [uncached.parse(link) for link in links]
             samples = []
             for i in range(calls):
@@ -112,7 +117,7 @@ async def time_resolve(repos=10, calls=50, burst=50):
                 samples.append(time.perf_counter() - start)
             result = {"uncached": summary(samples)}
 
-            cached = RepoPolicy(**settings)
+            cached = RepoPolicy(resolve_cache=ResolveCache(), **settings)
             for spec in specs:
                 await cached.resolve(spec)
             samples = []
@@ -122,7 +127,7 @@ async def time_resolve(repos=10, calls=50, burst=50):
                 samples.append(time.perf_counter() - start)
             result["cached"] = summary(samples)
 
-            fresh = RepoPolicy(**settings)
+            fresh = RepoPolicy(resolve_cache=ResolveCache(), **settings)
             spec = fresh.parse({"repo": server.repo_url("org/repo0"), "ref": "dev"})
             before = server.requests["org/repo0"]
             start = time.perf_counter()
