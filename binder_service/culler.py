@@ -250,7 +250,9 @@ class Culler(LoggingConfigurable):
             try:
                 self.log.info("Deleting anonymous user %s", name)
                 deleted = await self.hub.delete_user(name)
-                if deleted and self.metrics:
+                if not deleted:
+                    self.log.warning("Hub refused to delete %s for now, next sweep", name)
+                elif self.metrics:
                     self.metrics.users_deleted.inc()
                 return deleted
             except (HubAPIError, OSError) as e:

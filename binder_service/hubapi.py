@@ -179,10 +179,12 @@ class HubAPI(LoggingConfigurable):
         return status != 202
 
     async def delete_user(self, name):
-        """Delete a user; returns False if the hub refused because a server is still active."""
-        status, _ = await self.request(
+        """Delete a user; returns False if the hub refused (400: a server is still stopping)."""
+        status, data = await self.request(
             "DELETE", f"/users/{quote(name, safe='')}", ok=(204, 400, 404)
         )
+        if status == 400:
+            self.log.debug("Hub refused to delete %s: %s", name, data)
         return status != 400
 
     async def info(self):
