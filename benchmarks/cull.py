@@ -133,13 +133,14 @@ async def run(users, servers):
         c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
         """
         setup_started = time.perf_counter()
-        # a first start creates the database; users go in while the hub is down
-        hub = await start_hub(directory / "hub", textwrap.dedent(config))
-        await hub.stop()
-        names = [f"visitor-{i:05d}" for i in range(users)]
-        create_users(directory / "hub" / "jupyterhub.sqlite", names)
-        hub = await start_hub(directory / "hub", textwrap.dedent(config), timeout=300)
+        hub = None
         try:
+            # a first start creates the database; users go in while the hub is down
+            first = await start_hub(directory / "hub", textwrap.dedent(config))
+            await first.stop()
+            names = [f"visitor-{i:05d}" for i in range(users)]
+            create_users(directory / "hub" / "jupyterhub.sqlite", names)
+            hub = await start_hub(directory / "hub", textwrap.dedent(config), timeout=300)
             started_servers = await start_servers(hub, names[:servers])
             setup = time.perf_counter() - setup_started
             offset = directory / "offset"
@@ -173,7 +174,8 @@ async def run(users, servers):
                 after += (await timed_sweep(app, hub))[0]
                 sweeps += 1
         finally:
-            await hub.stop()
+            if hub is not None:
+                await hub.stop()
             shared.terminate()
             await shared.wait()
     culled = app.metrics.culls.labels(reason="idle")._value.get()
