@@ -377,6 +377,8 @@ class RepoPolicy(RefResolver):
                 403,
             )
         self._check_spec_allowed(repo)
+        hosted = self._hosted_equivalent(repo)
+        key = hosted.key if hosted is not None else repo.key
         commit = repo.ref if gitref.is_full_sha(repo.ref) else None
         return LaunchSpec(
             provider=repo.provider,
@@ -386,7 +388,7 @@ class RepoPolicy(RefResolver):
             urlpath=self._urlpath(launch),
             commit=commit,
             build_slug=repo.build_slug,
-            key=repo.key,
+            key=key,
         )
 
     def _normalised(self, repo):
@@ -504,8 +506,36 @@ class RepoPolicy(RefResolver):
     def _banned_networks(self):
         return self._tables().banned_networks
 
+    def _hosted_equivalent(self, repo):
+        """The hosted-provider reading of a ``git`` URL on a provider's host, or None.
+
+        ``git/https%3A%2F%2Fgithub.com%2Forg%2Frepo/main`` is ``gh/org/repo/main``:
+        bans, allow-lists and per-repository limits must not be dodged by
+        spelling a GitHub repository as a plain git URL.
+        """
+        if repo.provider != "git":
+            return None
+        parts = urlsplit(repo.repo_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        tables = self._tables()
+        for name in tables.provider_hosts.get((parts.hostname, port), ()):
+            if name not in PROVIDERS or name == "git":
+                continue
+            try:
+                hosted = PROVIDERS[name].from_url(parts.path, tables.provider_urls[name])
+            except SpecError:
+                continue
+            try:
+                return self._with_ref(hosted, repo.ref)
+            except SpecError:
+                return None
+        return None
+
     def _check_spec_allowed(self, repo):
-        candidates = (repo.spec, f"{repo.repo}/{repo.spec_ref}")
+        candidates = [repo.spec, f"{repo.repo}/{repo.spec_ref}"]
+        hosted = self._hosted_equivalent(repo)
+        if hosted is not None:
+            candidates += [hosted.spec, f"{hosted.repo}/{hosted.spec_ref}"]
         for pattern in self.banned_specs:
             if any(re.match(pattern, c, re.IGNORECASE) for c in candidates):
                 raise SpecError("This repository is not allowed on this hub.", 403)

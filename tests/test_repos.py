@@ -612,6 +612,13 @@ REJECTED = [
         allowed_specs=["^gh/mine/"],
         banned_specs=["^mine/bad"],
     ),
+    R(
+        "git/https%3A%2F%2Fgithub.com%2Forg%2Fsecret.git/main",
+        403,
+        "not allowed on this hub",
+        "banned-gh-spelled-as-git",
+        banned_specs=["^org/secret"],
+    ),
 ]
 
 
@@ -741,3 +748,10 @@ def test_launch_spec_built_by_hand_derives_slug_and_key(policy, link):
         commit=SHA,
     )
     assert (by_hand.build_slug, by_hand.repo_key) == (parsed.build_slug, parsed.repo_key)
+
+
+def test_git_urls_on_provider_hosts_count_as_that_repository(policy):
+    as_git = policy.parse("git/https%3A%2F%2Fgithub.com%2FOrg%2FRepo.git/main")
+    assert as_git.provider == "git"  # the image name stays BinderHub's for a git spec
+    assert as_git.repo_key == policy.parse("gh/org/repo/main").repo_key == "gh/org/repo"
+    assert policy.parse("https://example.org/org/repo").repo_key.startswith("git/")
