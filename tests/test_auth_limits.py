@@ -86,11 +86,18 @@ async def test_new_users_per_client_address(hub_factory, tmp_path):
     assert model["servers"][""]["user_options"]["repo"] == [first_link["repo"]]
 
 
-async def test_total_cap_and_untrusted_proxy(hub_factory, tmp_path):
+async def sign_in(hub, browser):
+    """What the "Sign in" button does: ``(status, Retry-After, page text)``."""
+    async with browser.get(hub.url + "/hub/anonymous-login?next=%2Fhub%2Fhome") as resp:
+        return resp.status, resp.headers.get("Retry-After"), await resp.text()
+
+
+async def test_sign_in_button_total_cap_and_untrusted_proxy(hub_factory, tmp_path):
     hub = await hub_factory(
         hub_config(
             tmp_path,
             extra="""
+c.AnonymousAuthenticator.auto_login = False
 c.AnonymousAuthenticator.max_anonymous_users = 2
 c.AnonymousAuthenticator.new_users_per_minute = 3
 # the hub's proxy is not trusted: X-Forwarded-For is ignored, everybody is 127.0.0.1
@@ -98,12 +105,30 @@ c.AnonymousAuthenticator.trusted_proxy_networks = []
 """,
         )
     )
-    b1, b2 = fresh_browser(hub, ip="198.51.100.1"), fresh_browser(hub, ip="198.51.100.2")
+    # without auto_login a launch link shows the login page, whose button signs in
+    b1 = fresh_browser(hub, ip="198.51.100.1")
+    launch = "/hub/spawn?repo=https%3A%2F%2Fgithub.com%2Forg%2Fbutton&ref=main"
+    async with b1.get(hub.url + launch) as resp:
+        assert resp.status == 200
+        assert urlsplit(str(resp.url)).path == "/hub/login"
+        page = await resp.text()
+    assert "Sign in with Binder (no account needed)" in page
+    href = html.unescape(re.search(r'href=["\']([^"\']*anonymous-login[^"\']*)', page)[1])
+    assert await anonymous_names(hub) == set()
+    async with b1.get(urljoin(hub.url + "/hub/login", href), allow_redirects=False) as resp:
+        assert resp.status == 302
+        assert unquote(resp.headers["Location"]) == unquote(launch)
     n1 = (await whoami(hub, b1))["name"]
+    assert n1.startswith("button-")
+    assert await anonymous_names(hub) == {n1}
+
+    b2 = fresh_browser(hub, ip="198.51.100.2")
+    assert (await sign_in(hub, b2))[0] == 200
     n2 = (await whoami(hub, b2))["name"]
 
+    # the total cap
     b3 = fresh_browser(hub, ip="198.51.100.3")
-    status, retry_after, text = await visit(hub, b3)
+    status, retry_after, text = await sign_in(hub, b3)
     assert status == 429
     assert retry_after == "60"
     assert "at its limit of visitors" in text
@@ -116,38 +141,17 @@ c.AnonymousAuthenticator.trusted_proxy_networks = []
     assert status == 201
     status, _ = await hub.api("DELETE", f"/users/{n1}")
     assert status == 204
+    assert (await sign_in(hub, b3))[0] == 200
     n3 = (await whoami(hub, b3))["name"]
     assert await anonymous_names(hub) == {n2, n3}
 
     # a fourth visitor from yet another X-Forwarded-For address: the cap again,
     # and once there is room, the rate limit, because all three came from 127.0.0.1
     b4 = fresh_browser(hub, ip="198.51.100.4")
-    assert (await visit(hub, b4))[0] == 429
+    assert (await sign_in(hub, b4))[0] == 429
     status, _ = await hub.api("DELETE", f"/users/{n2}")
     assert status == 204
-    status, retry_after, text = await visit(hub, b4)
+    status, retry_after, text = await sign_in(hub, b4)
     assert status == 429
     assert "from your network" in text
     assert await anonymous_names(hub) == {n3}
-
-
-async def test_sign_in_button_without_auto_login(hub_factory, tmp_path):
-    hub = await hub_factory(
-        hub_config(tmp_path, extra="c.AnonymousAuthenticator.auto_login = False\n")
-    )
-    browser = fresh_browser(hub)
-    launch = "/hub/spawn?repo=https%3A%2F%2Fgithub.com%2Forg%2Fbutton&ref=main"
-    async with browser.get(hub.url + launch) as resp:
-        assert resp.status == 200
-        assert urlsplit(str(resp.url)).path == "/hub/login"
-        page = await resp.text()
-    assert "Sign in with Binder (no account needed)" in page
-    href = html.unescape(re.search(r'href=["\']([^"\']*anonymous-login[^"\']*)', page)[1])
-    assert await anonymous_names(hub) == set()
-
-    async with browser.get(urljoin(hub.url + "/hub/login", href), allow_redirects=False) as resp:
-        assert resp.status == 302
-        assert unquote(resp.headers["Location"]) == unquote(launch)
-    name = (await whoami(hub, browser))["name"]
-    assert name.startswith("button-")
-    assert await anonymous_names(hub) == {name}
