@@ -150,14 +150,13 @@ class ApiServer:
         self.request_count += 1
         try:
             info = parse_request(request.method, request.path, request.query)
-            user = None
-            if self.authorizer is not None:
-                user = self.authorizer.authenticate(request.headers.get("Authorization", ""))
-                self.authorizer.authorize(user, info)
             if self.faults is not None:
                 injected = await self.faults.before(info)
                 if injected is not None:
                     return error_response(injected)
+            if self.authorizer is not None:
+                user = self.authorizer.authenticate(request.headers.get("Authorization", ""))
+                self.authorizer.authorize(user, info)
             if not info.is_resource:
                 return self.discovery(request.path)
             return await self.dispatch(request, info)
