@@ -401,22 +401,30 @@ class AnonymousAuthenticator(Authenticator):
         """Keep the browser's identity if it has one; else make a new anonymous user.
 
         Called from ``/hub/anonymous-login`` (see :meth:`login_url`) for
-        visitors without a hub cookie. The name carries the slug of the repository the
-        visitor is launching (read from the ``next`` URL) to stay readable.
+        visitors without a hub cookie. The name carries the slug of the
+        repository the visitor is launching (read from the ``next`` URL) to
+        stay readable.
         """
         try:
             current = handler.current_user
         except RuntimeError:
             current = None
         if current is not None and getattr(current, "name", None):
-            return {"name": current.name}
+            model = {"name": current.name}
+            if self.manage_groups:
+                # with manage_groups the hub syncs groups from every login's model
+                model["groups"] = [g.name for g in current.groups]
+            return model
         address = self._check_capacity(handler)
         hint = launch_repo(handler.get_argument("next", ""))
         name = self.new_username(handler, hint)
         self._pending_names[name] = time.monotonic()
         self.log.info("New anonymous user %s for %s", name, address)
         # admin is explicit: auth_to_user then removes an admin role, whatever the config says
-        return {"name": name, "admin": False}
+        model = {"name": name, "admin": False}
+        if self.manage_groups:
+            model["groups"] = [self.group]
+        return model
 
     async def add_user(self, user):
         """Put users created by :meth:`authenticate` into ``group``.
