@@ -11,9 +11,11 @@ launch a container (:meth:`Catalog.launch`). Three kinds of programs exist:
   network, so the emulator passes ``--ip=<pod IP>``);
 - ``REPO2DOCKER``: ``tests/k8s/fake_repo2docker.py`` with the container's
   repo2docker command line;
-- ``GENERIC``: a small process that stays up and answers HTTP 200 on each
-  declared ``containerPort`` at the pod IP, for images that exist in the
-  registry but are not in the catalog (and for sidecars).
+- ``GENERIC``: the container's ``command`` (+ ``args``) if it has one, found
+  in the test environment; otherwise the image's "entrypoint", a small
+  process that stays up and answers HTTP 200 on each declared
+  ``containerPort`` at the pod IP. Images that exist in the registry but are
+  not in the catalog are generic.
 
 Entries match an exact reference (``quay.io/jupyterhub/singleuser:5.2.1``), a
 repository with any tag (``quay.io/jupyterhub/singleuser``) or a glob
@@ -189,6 +191,10 @@ class Catalog:
             elif argv and argv[0] in ("python", "python3") and argv[1:3] == ["-m", "repo2docker"]:
                 argv = argv[3:]
             return Launch([sys.executable, str(FAKE_REPO2DOCKER), *argv], env)
+        if container.get("command"):
+            # an explicit command names a program of the test environment
+            argv[0] = _resolve(argv[0])
+            return Launch(argv, env)
         ports = [
             str(p["containerPort"]) for p in container.get("ports") or [] if p.get("containerPort")
         ]
