@@ -1,0 +1,60 @@
+"""AnonymousAuthenticator settings: defaults, validation, entry point (no hub needed)."""
+
+import pytest
+from jupyterhub.auth import Authenticator
+from traitlets import TraitError
+from traitlets.config import Config
+
+from binder_spawner.auth import AnonymousAuthenticator
+
+
+def test_defaults_that_make_it_work_without_settings():
+    auth = AnonymousAuthenticator()
+    # the base class has both False (allow_all since JupyterHub 5)
+    assert Authenticator().auto_login is False
+    assert Authenticator().allow_all is False
+    assert auth.auto_login is True
+    assert auth.allow_all is True
+    assert auth.group == "binder-anonymous"
+    assert auth.login_url("/base/hub/") == "/base/hub/anonymous-login"
+
+
+def test_explicit_config_wins():
+    config = Config()
+    config.AnonymousAuthenticator.auto_login = False
+    config.AnonymousAuthenticator.allow_all = False
+    config.AnonymousAuthenticator.trusted_proxy_networks = ["10.100.0.0/16", "2001:db8::1"]
+    auth = AnonymousAuthenticator(config=config)
+    assert auth.auto_login is False
+    assert auth.allow_all is False
+    assert auth.trusted_proxy_networks == ["10.100.0.0/16", "2001:db8::1"]
+
+
+@pytest.mark.parametrize(
+    "trait, value",
+    [
+        pytest.param("username_prefix", "Anon-", id="prefix-uppercase"),
+        pytest.param("username_prefix", "-anon", id="prefix-hyphen-first"),
+        pytest.param("username_prefix", "an on", id="prefix-space"),
+        pytest.param("trusted_proxy_networks", ["10.0.0.0/33"], id="bad-network"),
+        pytest.param("trusted_proxy_networks", ["proxy.example"], id="hostname"),
+        pytest.param("ipv6_prefix_length", 0, id="prefix-zero"),
+        pytest.param("ipv6_prefix_length", 129, id="prefix-too-long"),
+    ],
+)
+def test_bad_values_are_refused(trait, value):
+    with pytest.raises(TraitError, match=f"AnonymousAuthenticator.{trait}"):
+        AnonymousAuthenticator(**{trait: value})
+
+
+def test_entry_point():
+    from importlib.metadata import entry_points
+
+    (ep,) = entry_points(group="jupyterhub.authenticators", name="binder-anonymous")
+    assert ep.load() is AnonymousAuthenticator
+
+
+def test_admins_never_log_in_through_it():
+    auth = AnonymousAuthenticator(admin_users={"root-admin"})
+    assert auth.check_blocked_users("root-admin") is False
+    assert auth.check_blocked_users("numpy-abc") is True
