@@ -34,9 +34,10 @@ def _home_name(user_name, server_name):
     return f"{safe}--{server_name}" if server_name else safe
 
 
-def _fresh_home(repo_dir, home, uid):
+def _fresh_home(repo_dir, home, uid, sandbox):
     """Replace ``home`` with a copy of the repository checkout owned by ``uid``."""
     os.makedirs(os.path.dirname(home), mode=0o711, exist_ok=True)
+    sandbox.check_reachable(os.path.dirname(home))
     if os.path.lexists(home):
         shutil.rmtree(home)
     # symlinks are copied as symlinks: they resolve inside the sandbox, not here
@@ -189,7 +190,7 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
         self._environment = environment
         self._home = os.path.join(self.homes_dir, _home_name(self.user.name, self.name or ""))
         uid = self.sandbox.server_uid(self.user.id)
-        await asyncio.to_thread(_fresh_home, environment.repo_dir, self._home, uid)
+        await asyncio.to_thread(_fresh_home, environment.repo_dir, self._home, uid, self.sandbox)
         self.builder.acquire(environment.key)
         self.launch_state["environment_key"] = environment.key
 
