@@ -657,6 +657,12 @@ async def test_finalizers_and_garbage_collection(api, cluster):
     await api.delete(NS + "/pods/owner")
     assert (await api.get(NS + "/secrets/owned"))[0] == 404
     # a finalizer keeps the object, marked for deletion, until it is removed
+    status, gone = await api.delete(NS + "/configmaps/orphan")
+    assert status == 404
+    await api.post(NS + "/configmaps", {"metadata": {"name": "plain"}})
+    status, body = await api.delete(NS + "/configmaps/plain")
+    assert status == 200 and body["kind"] == "Status" and body["status"] == "Success"
+    assert body["details"]["name"] == "plain" and body["details"]["kind"] == "configmaps"
     status, held = await api.get(NS + "/configmaps/held")
     assert status == 200 and held["metadata"]["deletionTimestamp"]
     status, error = await api.patch(

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 KUBERNETES_VERSION = "1.30"
 
+# Resources whose DELETE answers with the object even once it is gone; the others
+# answer a Success Status (registry ReturnDeletedObject, pkg/registry/core/*/storage, v1.30).
+RETURNS_DELETED_OBJECT = {"pods", "services", "namespaces", "nodes", "persistentvolumeclaims"}
+
 
 def _dumps(obj):
     return json.dumps(obj, separators=(",", ":"))
@@ -247,8 +251,24 @@ class ApiServer:
         if info.verb in ("delete", "deletecollection"):
             options = await self._delete_options(request)
             if info.verb == "delete":
+                deleted = store.delete(info.resource, info.namespace, info.name, **options)
+                if info.resource in RETURNS_DELETED_OBJECT or store.exists(
+                    info.resource, info.namespace, info.name
+                ):
+                    return json_response(deleted)
                 return json_response(
-                    store.delete(info.resource, info.namespace, info.name, **options)
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": {
+                            "name": info.name,
+                            "group": rt.group,
+                            "kind": info.resource,
+                            "uid": deleted["metadata"]["uid"],
+                        },
+                    }
                 )
             deleted = store.delete_collection(
                 info.resource,
