@@ -75,6 +75,19 @@ class AnonymousLogoutHandler(LogoutHandler):
     logout unchanged.
     """
 
+    async def get(self):
+        # Logout is a GET in JupyterHub, and here it ends the visitor's sessions:
+        # a link or redirect from another site must not do that. Browsers say
+        # where a navigation comes from in Sec-Fetch-Site; the hub's own
+        # Logout button is "same-origin", a typed URL or bookmark "none".
+        origin = self.request.headers.get("Sec-Fetch-Site")
+        if origin and origin not in ("same-origin", "none"):
+            self.log.warning("Refusing a logout requested from another site (%s)", origin)
+            raise web.HTTPError(
+                403, "Logging out from another site is not allowed. Use this hub's Logout button."
+            )
+        return await super().get()
+
     async def handle_logout(self):
         await maybe_future(super().handle_logout())
         authenticator = _anonymous_authenticator(self)

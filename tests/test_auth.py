@@ -276,7 +276,16 @@ async def test_logout_discards_identity_and_stops_servers(hub):
     await wait_ready(hub, name)
     old_cookies = cookie_header(browser)
 
-    async with browser.get(hub.url + "/hub/logout") as resp:
+    # a link from another site cannot end the sessions
+    async with browser.get(
+        hub.url + "/hub/logout", headers={"Sec-Fetch-Site": "cross-site"}
+    ) as resp:
+        assert resp.status == 403
+    assert (await server_model(hub, name))["ready"]
+
+    async with browser.get(
+        hub.url + "/hub/logout", headers={"Sec-Fetch-Site": "same-origin"}
+    ) as resp:
         assert resp.status == 200
     status, _ = await hub.api("GET", f"/users/{name}")
     assert status == 404

@@ -3,7 +3,7 @@
 No login page on the way: the first link lands on the hub's spawn page of a new
 anonymous user with the launch query intact, then on the server; a second
 link in another tab of the same browser keeps the identity and gets a second
-server. Screenshots go to the test's tmp dir.
+server; the hub's Logout button ends both. Screenshots go to the test's tmp dir.
 """
 
 import re
@@ -88,6 +88,13 @@ c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
             # the first tab's server still answers
             await page.reload()
             assert f"tiny server of {name}/" in await page.content()
+
+            # the hub's own Logout button ends both sessions and the identity
+            await page.goto(hub.url + "/hub/home")
+            await page.locator("#logout").click()
+            await page.wait_for_url("**/hub/logout")
+            status, _ = await hub.api("GET", f"/users/{name}")
+            assert status == 404
         finally:
             await browser.close()
     assert (tmp_path / "spawn-page.png").stat().st_size > 0
