@@ -1,6 +1,8 @@
 """Build pods and user pod settings of BinderSpawner, as pure data (no cluster)."""
 
+import asyncio
 import json
+import logging
 
 import jupyterhub
 import kubernetes_validate
@@ -289,3 +291,42 @@ async def test_bad_build_backend_config():
     spawner = BinderSpawner(_mock=True)
     with pytest.raises(TraitError, match="build_backend"):
         spawner.build_backend = "podman"
+
+
+async def test_placement_without_answer_in_time_launches_without_preferences(caplog):
+    from binder_spawner.service_client import BinderServiceClient
+
+    # a service that accepts the connection and never answers
+    async def silent(reader, writer):
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = BinderServiceClient(url=f"http://127.0.0.1:{port}/services/binder/")
+        spawner = BinderSpawner(_mock=True, service_client=client, placement_timeout=0.2)
+        with caplog.at_level(logging.WARNING):
+            assert await spawner.placement_terms(IMAGE) == []
+        assert "launching without node preferences" in caplog.text
+    finally:
+        server.close()
+
+
+async def test_placement_answer_becomes_preferred_node_affinity():
+    from kubernetes_asyncio.client import V1Container, V1Pod, V1PodSpec
+
+    pod = V1Pod(spec=V1PodSpec(containers=[V1Container(name="notebook")]))
+    terms = [
+        {
+            "weight": 100,
+            "preference": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-2"]}
+                ]
+            },
+        }
+    ]
+    BinderSpawner._add_preferred_terms(pod, terms)
+    BinderSpawner._add_preferred_terms(pod, terms[:1])
+    preferred = pod.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution
+    assert preferred == terms + terms

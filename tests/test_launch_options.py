@@ -245,3 +245,22 @@ async def test_progress_ends_when_the_launch_fails(spawner):
     spawner.launch_progress.close()
     events = [event async for event in spawner.progress()]
     assert [e["message"] for e in events] == ["Resolving"]
+
+
+async def test_unreachable_service_refuses_the_launch_unless_allowed():
+    from types import SimpleNamespace
+
+    from binder_spawner.service_client import BinderServiceClient
+
+    from .utils import free_port
+
+    # nothing listens on this port
+    client = BinderServiceClient(url=f"http://127.0.0.1:{free_port()}/services/binder/", timeout=2)
+    spawner = ProbeSpawner(user=SimpleNamespace(name="u"), service_client=client)
+    spec = spawner.launch_spec({"repo": "gh/org/repo/main"})
+    with pytest.raises(SpawnException) as info:
+        await spawner.reserve_slot(spec)
+    assert info.value.status_code == 503
+    assert "Try again" in info.value.message
+    spawner.allow_launch_without_service = True
+    assert await spawner.reserve_slot(spec) is None
