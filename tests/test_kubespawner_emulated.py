@@ -156,7 +156,6 @@ c.KubeSpawner.events_enabled = {events!r}
     [
         pytest.param(False, False, True, id="defaults"),
         pytest.param(True, True, False, id="namespaces-services-no-events"),
-        pytest.param(True, False, True, id="namespaces-events"),
     ],
 )
 async def test_real_hub_spawns_through_proxy(

@@ -334,12 +334,14 @@ class Kubelet:
     # ------------------------------------------------------------ images
 
     def _cache(self, image, digest, size):
+        # containerd reports the digest and the normalised reference; the
+        # name as the pod spelled it is kept too, so short names still match
         ref = parse_image(image)
         names = [
             f"{ref.repository}@{digest}",
             str(ref) if not ref.digest else f"{ref.repository}@{ref.digest}",
         ]
-        self.images[image] = CachedImage(list(dict.fromkeys(names)), size, digest)
+        self.images[image] = CachedImage(list(dict.fromkeys(names + [image])), size, digest)
 
     def has_image(self, image: str) -> bool:
         return image in self.images

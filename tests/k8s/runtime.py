@@ -227,6 +227,7 @@ class ContainerProcess:
         self.on_line = on_line or (lambda line: None)
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
+        self._killed = False
 
     async def start(self):
         """Start the process; raises OSError (e.g. the executable does not exist)."""
@@ -285,7 +286,9 @@ class ContainerProcess:
                 await asyncio.wait_for(asyncio.shield(self.process.wait()), max(grace, 0))
             except asyncio.TimeoutError:
                 pass
-        # whatever is left in the group (also after a clean exit of the leader)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if not self._killed:
+            # whatever is left in the group (also after a clean exit of the leader)
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         return await self.wait()
