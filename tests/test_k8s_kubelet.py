@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import aiohttp
 import pytest
 
 from .k8s.catalog import GENERIC, REPO2DOCKER, SINGLEUSER, Catalog
@@ -394,3 +395,32 @@ async def test_docker_config_credentials_for_push(k8s_cluster_factory, registry_
     ]
     store.create("pods", pod)
     await phase(store, "build-auth", "Succeeded", timeout=60)
+
+
+async def test_slow_build_streams_logs_and_stops_on_delete(
+    k8s_cluster_factory, registry, git_server
+):
+    cluster = await k8s_cluster_factory(nodes=1, node_defaults=FAST, registry_url=registry.url)
+    store = cluster.store
+    repo = git_server.create_repo("slow", {"SLOW_BUILD": "60\n"})
+    store.create("pods", build_pod("build-slow", repo, f"{registry.host}/binder-slow:1"))
+    await phase(store, "build-slow", "Running")
+    # pods/log with follow=true through the API server, as a build watcher reads it
+    url = f"{cluster.url}/api/v1/namespaces/default/pods/build-slow/log?follow=true"
+    headers = {"Authorization": f"Bearer {cluster.admin_token}"}
+    seen = []
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=headers) as response:
+            assert response.status == 200
+            async for raw in response.content:
+                seen.append(json.loads(raw))
+                if seen[-1]["message"] == "Still building...\n":
+                    break
+    assert seen[0] == {"message": "Picked Git content provider.\n", "phase": "fetching"}
+    started = time.monotonic()
+    store.delete("pods", "default", "build-slow", grace_period_seconds=5)
+    await poll(lambda: not store.exists("pods", "default", "build-slow"), timeout=10)
+    assert time.monotonic() - started < 5  # it exits on SIGTERM, not after the grace period
+    assert not await asyncio.to_thread(
+        lambda: registry.request("GET", "/v2/binder-slow/tags/list")[0] == 200
+    )
