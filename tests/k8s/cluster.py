@@ -50,6 +50,9 @@ class Cluster:
     - ``registry_url``: the registry kubelets pull from (``None``: images from the catalog only)
     - ``directory``: where the kubeconfig (and kubelet working directories) go
     - ``scheduler``: run the scheduler loop (default True); ``kubelets``: run kubelets (default True)
+    - ``catalog``: extra image catalog entries, e.g. ``[{"pattern": "127.0.0.1:5000/binder-*",
+      "kind": "singleuser", "in_registry": true}]`` (see catalog.py; also ``cluster.catalog.add``)
+    - ``node_defaults`` may set the kubelets' ``bandwidth`` (bytes/s) and ``time_scale``
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Cluster:
         kubelets=True,
         scheduler_config=None,
         seed=None,
+        catalog=None,
     ):
         self.initial_nodes = nodes
         self.node_defaults = dict(node_defaults or {})
@@ -105,6 +109,9 @@ class Cluster:
         )
         #: image name -> what a kubelet runs for it (tests add entries; see catalog.py)
         self.catalog = Catalog()
+        for entry in catalog or []:
+            entry = dict(entry)
+            self.catalog.add(entry.pop("pattern"), entry.pop("kind", "generic"), **entry)
         #: the running kubelets (kubelet.KubeletPool: ``cluster.kubelets["node-1"]``), once started
         self.kubelets = None
         #: the scheduler loop (scheduling.SchedulerLoop), once started
