@@ -69,8 +69,11 @@ class Environment:
         return os.path.join(self.path, "repo")
 
 
-def _make_executable(path):
-    if not os.path.islink(path):
+def _make_executable(repo, relpath):
+    """chmod +x a script of the checkout (as root: never through a link out of it)."""
+    base = os.path.realpath(repo)
+    path = os.path.realpath(os.path.join(base, relpath))
+    if path.startswith(base + os.sep) and os.path.isfile(path):
         os.chmod(path, 0o755)
 
 
@@ -446,8 +449,11 @@ class EnvironmentBuilder(SingletonConfigurable):
         if plan.post_build:
             task.add_line(f"Running {plan.post_build}")
             script = os.path.join(repo, plan.post_build)
-            await asyncio.to_thread(_make_executable, script)
+            await asyncio.to_thread(_make_executable, repo, plan.post_build)
             await self._step(task, path, uid, [script], cwd=repo, home=repo, extra=extra)
+        if plan.start:
+            # as repo2docker does (chmod +x of binder/start in its Dockerfile)
+            await asyncio.to_thread(_make_executable, repo, plan.start)
         return Environment(
             key=task.key,
             path=path,

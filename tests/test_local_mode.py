@@ -25,6 +25,9 @@ DEMO_REPO = {
     "setup.py": "from setuptools import setup\nsetup(name='binderdemo', version='1.0', "
     "packages=['binderdemo'])\n",
     "binderdemo/__init__.py": "VALUE = 42\n",
+    # an interpreter no machine has: the nearest one is used, with a warning
+    "runtime.txt": "python-3.99\n",
+    "start": '#!/bin/sh\nexport FROM_START=yes\nexec "$@"\n',
     "index.ipynb": json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}),
 }
 
@@ -73,9 +76,12 @@ async def test_launch_build_run_and_reuse(local):
     assert (version, value, cwd) == ("1.17.0", "42", "/home/jovyan")
     assert uid != "0"
     assert "index.ipynb" in listing and "binderdemo" in listing
-    # the server got the Binder variables of the launch
-    out = await local.run_code("alice", "import os; print(os.environ['BINDER_REPO_URL'])")
-    assert out.strip() == url
+    assert any("Warning: runtime.txt asks for Python 3.99" in line for line in lines), lines
+    # the server got the Binder variables of the launch, and ran through the repo's start
+    out = await local.run_code(
+        "alice", "import os; print(os.environ['BINDER_REPO_URL'], os.environ['FROM_START'])"
+    )
+    assert out.split() == [url, "yes"]
 
     # a second launch of the same commit (another user) reuses the environment
     events = await local.launch("bob", {"repo": url, "ref": "main"})
