@@ -121,6 +121,30 @@ class AnonymousAuthenticator(Authenticator):
         """,
     ).tag(config=True)
 
+    new_users_window = Int(
+        60,
+        help="""
+        Seconds over which ``new_users_per_minute`` is counted.
+
+        The limit is ``new_users_per_minute`` new users per client address in
+        any window of this many seconds; keep the default unless you mean a
+        different period (e.g. 3600 with a limit of 100 for "100 per hour").
+        Default: 60. Example::
+
+            c.AnonymousAuthenticator.new_users_window = 3600
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @validate("new_users_window")
+    def _validate_new_users_window(self, proposal):
+        if proposal["value"] <= 0:
+            raise TraitError(
+                f"AnonymousAuthenticator.new_users_window must be positive, not {proposal['value']}"
+            )
+        return proposal["value"]
+
     max_anonymous_users = Int(
         1000,
         help="""
@@ -289,7 +313,9 @@ class AnonymousAuthenticator(Authenticator):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._limiter = SlidingWindowLimiter(self.new_users_per_minute, window=60.0)
+        self._limiter = SlidingWindowLimiter(
+            self.new_users_per_minute, window=float(self.new_users_window)
+        )
         # names handed out by authenticate() whose user the hub has not stored yet,
         # name -> monotonic time; they count against max_anonymous_users
         self._pending_names = {}
@@ -358,16 +384,18 @@ class AnonymousAuthenticator(Authenticator):
                 )
         address = self.request_client_address(handler)
         self._limiter.limit = self.new_users_per_minute
+        self._limiter.window = float(self.new_users_window)
         bucket = address_bucket(address, self.ipv6_prefix_length)
         allowed, retry_after = self._limiter.hit(bucket)
         if not allowed:
             self.log.warning(
-                "Refusing a new anonymous user for %s: more than %s per minute",
+                "Refusing a new anonymous user for %s: more than %s in %s s",
                 bucket,
                 self.new_users_per_minute,
+                self.new_users_window,
             )
             raise too_many_requests(
-                "Too many new sessions were started from your network in the last minute. "
+                "Too many new sessions were started from your network recently. "
                 f"Try again in {retry_after} seconds.",
                 retry_after,
             )

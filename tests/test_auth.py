@@ -42,6 +42,7 @@ async def hub(tmp_path_factory, request):
 c.JupyterHub.allow_named_servers = True
 c.AnonymousAuthenticator.max_servers_per_user = 2
 c.AnonymousAuthenticator.new_users_per_minute = 3
+c.AnonymousAuthenticator.new_users_window = 3600
 """,
     )
     running = await start_hub(directory / "hub", config, base_url=BASE)

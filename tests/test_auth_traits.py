@@ -40,6 +40,7 @@ def test_explicit_config_wins():
         pytest.param("trusted_proxy_networks", ["proxy.example"], id="hostname"),
         pytest.param("ipv6_prefix_length", 0, id="prefix-zero"),
         pytest.param("ipv6_prefix_length", 129, id="prefix-too-long"),
+        pytest.param("new_users_window", 0, id="window-zero"),
     ],
 )
 def test_bad_values_are_refused(trait, value):
