@@ -252,6 +252,14 @@ async def test_server_filled_metadata_and_lists(api):
         ),
         pytest.param(
             NS + "/services",
+            {"metadata": {"name": "1-binder"}, "spec": {"ports": [{"port": 80}]}},
+            422,
+            "Invalid",
+            "a DNS-1035 label",
+            id="service-name-digit",
+        ),
+        pytest.param(
+            NS + "/services",
             {"metadata": {"name": "s"}, "spec": {"ports": [{"port": "eighty"}]}},
             422,
             "Invalid",

@@ -26,6 +26,7 @@ from .errors import invalid
 DEFAULT_VERSION = "1.30"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -90,6 +91,14 @@ def _name_errors(plural, name):
         if name in (".", "..") or "/" in name or "%" in name:
             return [("metadata.name", f'Invalid value: "{name}": may not contain "/" or "%"')]
         return []
+    if plural == "services" and (len(name) > 63 or not _DNS_1035_LABEL.match(name)):
+        return [
+            (
+                "metadata.name",
+                f'Invalid value: "{name}": a DNS-1035 label must consist of lower case alphanumeric '
+                "characters or '-', start with an alphabetic character, and end with an alphanumeric character",
+            )
+        ]
     if plural in _LABEL_NAMED:
         if len(name) > 63 or not _DNS_LABEL.match(name):
             return [
