@@ -1,5 +1,6 @@
 """chart-values/: valid for the z2jh 4.4.0 chart, for the classes they configure, and for Kubernetes."""
 
+import asyncio
 import copy
 from pathlib import Path
 
@@ -104,10 +105,21 @@ def configurable_classes():
     from kubespawner import KubeSpawner
 
     from binder_spawner.auth import AnonymousAuthenticator
+    from binder_spawner.registry import RegistryClient
+    from binder_spawner.repos import RepoPolicy
+    from binder_spawner.service_client import BinderServiceClient
     from binder_spawner.spawner import BinderSpawner
 
     classes = {}
-    for cls in [JupyterHub, KubeSpawner, BinderSpawner, AnonymousAuthenticator]:
+    for cls in [
+        JupyterHub,
+        KubeSpawner,
+        BinderSpawner,
+        AnonymousAuthenticator,
+        RegistryClient,
+        RepoPolicy,
+        BinderServiceClient,
+    ]:
         for klass in cls.mro():
             if isinstance(klass, type) and issubclass(klass, Configurable):
                 classes.setdefault(klass.__name__, klass)
@@ -143,17 +155,146 @@ def test_an_unknown_hub_config_option_is_caught():
     assert unknown_options({"BinderSpawer": {}}) == ["unknown class BinderSpawer"]
 
 
-def test_hub_config_values_are_accepted_by_the_traits():
+def test_hub_config_values_are_accepted_by_the_traits(tmp_path, monkeypatch):
     # load the sections into the classes: wrong types raise TraitError
+    import json
+
     from traitlets.config import Config
 
     from binder_spawner.spawner import BinderSpawner
 
+    from .k8s.fixtures import reset_kubespawner_config
+
+    # KubeSpawner loads a kubeconfig when it is made; nothing is contacted
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+    # (kubernetes_asyncio reads KUBECONFIG once, when it is imported)
+    monkeypatch.setattr(
+        "kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+        str(tmp_path / "kubeconfig"),
+    )
+    reset_kubespawner_config()
     config = Config(merged_values()["hub"]["config"])
+
     # KubeSpawner's own _mock flag (7.0 and 7.1) gives it a stand-in user and hub
-    spawner = BinderSpawner(config=config, _mock=True)
+    async def make():
+        # KubeSpawner makes its API client for the running loop
+        return BinderSpawner(config=config, _mock=True)
+
+    spawner = asyncio.run(make())
     for name, value in config["BinderSpawner"].items():
         assert getattr(spawner, name) == value
+    reset_kubespawner_config()
+
+
+def test_helper_classes_accept_their_sections():
+    from traitlets.config import Config
+
+    from binder_spawner.registry import RegistryClient
+    from binder_spawner.repos import RepoPolicy
+    from binder_spawner.service_client import BinderServiceClient
+
+    config = Config(merged_values()["hub"]["config"])
+    assert {"RegistryClient", "RepoPolicy", "BinderServiceClient"} <= set(config)
+    for cls in (RegistryClient, RepoPolicy, BinderServiceClient):
+        instance = cls(config=config)
+        for name, value in config[cls.__name__].items():
+            got = getattr(instance, name)
+            assert (set(got) if isinstance(got, set) else got) == (
+                set(value) if isinstance(got, set) else value
+            ), (cls.__name__, name)
+
+
+def test_the_spawner_reaches_the_service_where_it_listens():
+    values = merged_values()
+    command = values["hub"]["services"]["binder"]["command"]
+    port = next(int(a.split("=", 1)[1]) for a in command if a.startswith("--port="))
+    client_url = values["hub"]["config"]["BinderServiceClient"]["url"]
+    assert client_url == f"http://127.0.0.1:{port}/services/binder/"
+    assert values["hub"]["services"]["binder"]["url"].endswith(f":{port}")
+    assert {"port": port, "targetPort": port, "name": "binder"} in values["hub"]["service"][
+        "extraPorts"
+    ]
+
+
+def unknown_service_arguments(arguments):
+    """Arguments ``python -m binder_service`` has no alias or flag for (traitlets only warns)."""
+    from binder_service.app import BinderService
+
+    known = set(BinderService.aliases) | set(BinderService.flags)
+    return [a for a in arguments if a[2:].split("=", 1)[0] not in known or a[:2] != "--"]
+
+
+def test_service_command_is_accepted_by_binder_service():
+    from binder_service.app import BinderService
+
+    command = merged_values()["hub"]["services"]["binder"]["command"]
+    assert command[:3] == ["python3", "-m", "binder_service"]
+    assert unknown_service_arguments(command[3:]) == []
+    app = BinderService()
+    app.parse_command_line(command[3:])
+    assert app.ip == "0.0.0.0"
+    assert app.port == 10101
+    assert app.config.PlacementSource.enabled is True
+    assert not app.extra_args
+
+
+def test_a_wrong_service_flag_is_caught():
+    assert unknown_service_arguments(["--port=1", "--prot=10101", "kubernetes"]) == [
+        "--prot=10101",
+        "kubernetes",
+    ]
+
+
+def test_extra_config_gives_the_service_the_cluster_address(monkeypatch):
+    from traitlets.config import Config
+
+    values = merged_values()
+    c = Config()
+    # as the chart's jupyterhub_config.py does: hub.services into c.JupyterHub.services
+    c.JupyterHub.services = [
+        dict(service, name=name) for name, service in values["hub"]["services"].items()
+    ]
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setenv("POD_NAMESPACE", "jhub")
+    for source in values["hub"]["extraConfig"].values():
+        exec(compile(source, "extraConfig", "exec"), {"c": c})
+    (binder,) = [s for s in c.JupyterHub.services if s["name"] == "binder"]
+    assert binder["environment"] == {
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "POD_NAMESPACE": "jhub",
+    }
+
+
+def test_push_secret_is_mounted_where_lookups_read_it():
+    values = merged_values()
+    path = values["hub"]["config"]["RegistryClient"]["docker_config_path"]
+    secret = values["hub"]["config"]["BinderSpawner"]["push_secret"]
+    (volume,) = [v for v in values["hub"]["extraVolumes"] if v.get("secret")]
+    assert volume["secret"]["secretName"] == secret
+    (item,) = volume["secret"]["items"]
+    assert item["key"] == ".dockerconfigjson"
+    (mount,) = [m for m in values["hub"]["extraVolumeMounts"] if m["name"] == volume["name"]]
+    assert mount["mountPath"] + "/" + item["path"] == path
+    assert mount["readOnly"] is True
+    assert values["singleuser"]["image"]["pullSecrets"] == [secret]
+
+
+def test_service_role_matches_the_permissions_page():
+    role = merged_values()["hub"]["loadRoles"]["binder-service"]
+    page = (REPO_ROOT / "docs" / "permissions.md").read_text()
+    for scope in role["scopes"]:
+        assert f"| `{scope}` |" in page, scope
+    assert "admin:users" not in role["scopes"]
 
 
 def test_service_role_scopes_exist():
