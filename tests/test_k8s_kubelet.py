@@ -17,6 +17,7 @@ from .k8s.catalog import GENERIC, REPO2DOCKER, SINGLEUSER, Catalog
 from .k8s.clusterdns import service_records
 from .k8s.kubelet import NODE_STATUS_MAX_IMAGES, PodNetwork
 from .k8s.oci import parse_image
+from .k8s.runtime import ConfigError, container_env
 from .utils import poll
 
 MB = 1024 * 1024
@@ -424,3 +425,51 @@ async def test_slow_build_streams_logs_and_stops_on_delete(
     assert not await asyncio.to_thread(
         lambda: registry.request("GET", "/v2/binder-slow/tags/list")[0] == 200
     )
+
+
+def test_container_env_like_the_kubelet():
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "x"}},
+        "spec": {"nodeName": "node-1"},
+        "status": {"podIP": "127.9.0.2"},
+    }
+    objects = {
+        ("configmaps", "cm"): {"data": {"A": "1", "B": "2"}},
+        ("secrets", "s"): {"data": {"token": base64.b64encode(b"t0k").decode()}},
+    }
+    container = {
+        "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+        "env": [
+            {"name": "X", "value": "$(CM_A)-$(UNKNOWN)-$$(CM_B)"},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}},
+            {
+                "name": "OPT",
+                "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k", "optional": True}},
+            },
+            {
+                "name": "MEM",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
+        ],
+        "resources": {"limits": {"memory": "2Gi"}},
+    }
+    env = container_env(
+        pod, container, lambda kind, name: objects.get((kind, name)), {"HOME": "/h"}
+    )
+    assert env == {
+        "HOME": "/h",
+        "CM_A": "1",
+        "CM_B": "2",
+        "X": "1-$(UNKNOWN)-$(CM_B)",
+        "NODE": "node-1",
+        "APP": "x",
+        "T": "t0k",
+        "MEM": "2048",
+    }
+    container["env"].append(
+        {"name": "M", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}
+    )
+    with pytest.raises(ConfigError, match='secret "gone" not found'):
+        container_env(pod, container, lambda kind, name: objects.get((kind, name)))

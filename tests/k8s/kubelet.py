@@ -182,6 +182,7 @@ class Kubelet:
         self.host_ip = self.network.allocate()
         self.images: dict[str, CachedImage] = {}
         self._pulls: dict[str, asyncio.Future] = {}
+        self._pull_lock = asyncio.Lock()
         self.workers: dict[str, PodWorker] = {}  # pod uid -> worker
         self._watch = None
         self._task: asyncio.Task | None = None
@@ -389,7 +390,9 @@ class Kubelet:
             digest, size = await self.resolve(image, pull_secrets)
             cached = self.images.get(image)
             if cached is None or cached.digest != digest:
-                await asyncio.sleep(size / self.bandwidth * self.time_scale)
+                # serializeImagePulls (default true): one download at a time per node
+                async with self._pull_lock:
+                    await asyncio.sleep(size / self.bandwidth * self.time_scale)
                 self._cache(image, digest, size)
                 self._publish_node()
             result = (time.monotonic() - started, size)
