@@ -48,7 +48,11 @@ def json_response(body, status=200):
 
 
 def error_response(error):
-    return json_response(error.status(), error.code)
+    response = json_response(error.status(), error.code)
+    if error.code in (429, 503):
+        # as the API server's priority-and-fairness and unavailable answers do
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 @dataclass
