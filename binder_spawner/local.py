@@ -116,7 +116,34 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             cmd, env=env, start_new_session=True, **self.popen_kwargs
         )
         self.pid = self.proc.pid
+        await self._wait_listening()
         return (self.ip or "127.0.0.1", self.port)
+
+    async def _wait_listening(self):
+        """Wait until the server listens, failing at once if it exits first.
+
+        The hub only polls the server's URL (for ``http_timeout`` seconds); a
+        server that dies at start-up (a broken ``start`` script) would leave
+        the user waiting that long for a generic message.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.http_timeout
+        while loop.time() < deadline:
+            status = self.proc.poll()
+            if status is not None:
+                raise spawn_error(
+                    f"The server exited with status {status} while starting. "
+                    "Check the repository's start script and requirements.",
+                    status_code=500,
+                    reason="exited",
+                )
+            try:
+                _, writer = await asyncio.open_connection(self.ip or "127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.2)
+                continue
+            writer.close()
+            return
 
 
 class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
