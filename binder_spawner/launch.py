@@ -14,11 +14,14 @@ What the mixin does, in this order, when the hub calls ``start()``:
    ``user_options`` for their own server through the hub REST API);
 2. resolves the ref to a commit with :attr:`~BinderLaunchMixin.repo_policy`;
 3. reserves a slot from the service with
-   :attr:`~BinderLaunchMixin.service_client` (the reservation id goes into the
-   spawner state and is released in ``stop()`` or when the launch fails);
+   :attr:`~BinderLaunchMixin.service_client`, concurrently with steps 2 and 4
+   (the reservation id goes into the spawner state and is released in
+   ``stop()`` or when the launch fails);
 4. awaits :meth:`~BinderLaunchMixin.prepare_launch`, the one step a subclass
    implements: build or reuse the environment for ``spec`` and report what it
-   does with :meth:`~BinderLaunchMixin.emit_progress`;
+   does with :meth:`~BinderLaunchMixin.emit_progress`. It starts once the
+   slot is held, unless the subclass sets ``prepares_before_slot = True`` and
+   calls :meth:`~BinderLaunchMixin.wait_for_slot` itself before costly work;
 5. sets ``default_url`` from ``urlpath`` and, through ``get_env()``, the
    ``BINDER_*`` variables that BinderHub sets, then calls the parent's
    ``start()``.
@@ -183,6 +186,10 @@ def check_user_options(user_options):
     if not options.get("repo"):
         raise ValueError("No repository given. Paste a repository URL to launch it.")
     return options
+
+
+def _options_applied_in_start(spawner, user_options):
+    """``apply_user_options`` of the Binder spawners: see ``BinderLaunchMixin.start``."""
 
 
 LAUNCH_FORM_TEMPLATE = """
@@ -356,6 +363,12 @@ class BinderLaunchMixin(LoggingConfigurable):
         }
         return self.launch_form_template.format(**values)
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # JupyterHub (5.3+) warns about user_options no hook applied; start()
+        # reads them, after validation, so there is nothing to apply here
+        return _options_applied_in_start
+
     @default("options_from_form")
     def _default_options_from_form(self):
         return self._launch_options_from_form
@@ -509,36 +522,64 @@ class BinderLaunchMixin(LoggingConfigurable):
         raise NotImplementedError
 
     async def resolve_launch(self):
-        """Validate and resolve ``user_options``, reserve a slot; returns the spec."""
+        """Validate and resolve ``user_options``; returns the spec.
+
+        The slot reservation starts here and runs while the ref is resolved
+        (and, in a subclass, while the registry is asked): :meth:`wait_for_slot`
+        collects it.
+        """
         from .repos import SpecError
 
         spec = self.launch_spec(self.user_options or {})
+        self.launch_state = {
+            "spec": spec.spec,
+            "repo": spec.repo_key,
+            "repo_url": spec.repo_url,
+            "ref": spec.ref,
+            "commit": None,
+            "urlpath": spec.urlpath or "",
+            "reservation": None,
+        }
+        self._slot = asyncio.ensure_future(self.reserve_slot(spec))
         self.emit_progress("resolving", f"Resolving {spec.repo_url} at {spec.ref or 'HEAD'}")
         try:
             spec = await self.repo_policy.resolve(spec)
         except SpecError as e:
             raise spawn_error(e.message, status_code=e.status_code) from None
         self.log.info("Launch of %s for %s: commit %s", spec.spec, self._log_name, spec.commit)
-        self.launch_state = {
-            "spec": spec.spec,
-            "repo": spec.repo_key,
-            "repo_url": spec.repo_url,
-            "ref": spec.ref,
-            "commit": spec.commit,
-            "urlpath": spec.urlpath or "",
-            "reservation": None,
-        }
-        self.launch_state["reservation"] = await self.reserve_slot(spec)
+        self.launch_state["commit"] = spec.commit
         return spec
+
+    #: the running reservation request of this launch
+    _slot = None
+
+    #: True in a subclass whose ``prepare_launch`` calls :meth:`wait_for_slot`
+    #: itself before costly work, so cheap work (e.g. a registry lookup)
+    #: overlaps with the reservation; False: the slot is held before it starts.
+    prepares_before_slot = False
+
+    async def wait_for_slot(self):
+        """Wait until this launch holds its slot; raises the refusal (e.g. 429) if not.
+
+        ``prepare_launch`` calls it before any costly work (a build); the
+        launch itself always waits for it.
+        """
+        if self._slot is None:
+            return
+        self.launch_state["reservation"] = await self._slot
 
     async def start(self):
         started = time.perf_counter()
         self._launch_progress = LaunchProgress()
+        self._slot = None
         try:
             spec = await self.resolve_launch()
+            if not self.prepares_before_slot:
+                await self.wait_for_slot()
             if self.pre_launch_hook:
                 await maybe_future(self.pre_launch_hook(self, spec))
             await self.prepare_launch(spec)
+            await self.wait_for_slot()
             self.launch_state["environment"] = {
                 **binder_environment(spec, self.launch_host),
                 "BINDER_IDLE_TIMEOUT": str(self.idle_timeout),
@@ -565,6 +606,15 @@ class BinderLaunchMixin(LoggingConfigurable):
             raise
 
     async def _release_after_failure(self):
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            # the reservation may still be on its way: it is released once it arrives
+            try:
+                reservation = await asyncio.shield(slot)
+            except Exception:
+                reservation = None
+            if reservation and self.launch_state is not None:
+                self.launch_state["reservation"] = reservation
         try:
             await asyncio.shield(self.release_slot())
         except Exception:

@@ -353,6 +353,9 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
     # -- override points ------------------------------------------------------
 
+    #: the registry lookup overlaps with the reservation; builds wait for it
+    prepares_before_slot = True
+
     def image_for(self, spec):
         """The image name of a resolved spec (BinderHub-compatible)."""
         from .images import image_name
@@ -381,6 +384,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
                 _BACKGROUND.add(task)
                 task.add_done_callback(_BACKGROUND.discard)
             else:
+                # a build only with a slot: a full repository is refused before it
+                await self.wait_for_slot()
                 await self.build_image(spec, image)
             self._placement = await placement
         finally:

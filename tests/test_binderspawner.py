@@ -55,6 +55,8 @@ class Env:
         # every build pod ever created: (name, labels)
         self.build_pods = []
         self.deleted_build_pods = []
+        # build pod name -> the node it was scheduled to
+        self.build_nodes = {}
         self.failed = []
         cluster.store.on_change(self._record)
 
@@ -62,6 +64,9 @@ class Env:
         labels = obj.get("metadata", {}).get("labels") or {}
         if resource != "pods" or labels.get(build.COMPONENT_LABEL) != build.BUILD_COMPONENT:
             return
+        node = (obj.get("spec") or {}).get("nodeName")
+        if node:
+            self.build_nodes[obj["metadata"]["name"]] = node
         if type_ == "ADDED":
             self.build_pods.append((obj["metadata"]["name"], dict(labels)))
         elif type_ == "DELETED":
@@ -72,11 +77,14 @@ class Env:
         return [name for name, labels in self.build_pods if labels[build.REPO_HASH_LABEL] == key]
 
     @staticmethod
-    def repo_key(repo_url):
+    def raw_repo_key(repo_url):
         from binder_spawner.repos import RepoPolicy
 
         policy = RepoPolicy(allow_http=True, allowed_hosts=[repo_url.split("/")[2]])
-        return repo_hash(policy.parse(repo_url).repo_key)
+        return policy.parse(repo_url).repo_key
+
+    def repo_key(self, repo_url):
+        return repo_hash(self.raw_repo_key(repo_url))
 
     async def start_hub(self):
         env = {"KUBECONFIG": str(self.cluster.kubeconfig_path)}
@@ -322,8 +330,11 @@ async def test_anonymous_launch_builds_then_reaches_server(env):
     launching = [e.get("phase") for e in events].index("launching")
     assert any("raw_event" in e for e in events[launching:]), "no pod events after launching"
 
-    # one build, cleaned up, image pushed
-    assert len(env.builds_of(url)) == 1
+    # one build, on the repository's sticky node, cleaned up, image pushed
+    (build_pod,) = env.builds_of(url)
+    assert env.build_nodes[build_pod] == build.build_node(
+        ["node-1", "node-2"], env.raw_repo_key(url)
+    )
     await poll(lambda: not env.build_pods_now(), timeout=30, message="build pod cleanup")
     pod = env.user_pod(user, "")
     image = pod["spec"]["containers"][0]["image"]
