@@ -473,3 +473,28 @@ def test_container_env_like_the_kubelet():
     )
     with pytest.raises(ConfigError, match='secret "gone" not found'):
         container_env(pod, container, lambda kind, name: objects.get((kind, name)))
+
+
+async def test_init_containers_run_first_and_share_volumes(cluster):
+    store = cluster.store
+    folder = "json.loads(os.environ['KUBELET_EMULATOR_MOUNTS'])['/work']"
+    write = f"import json, os; open({folder} + '/x', 'w').write('from init')"
+    read = f"import json, os; print(open({folder} + '/x').read())"
+    mount = [{"name": "work", "mountPath": "/work"}]
+    manifest = pod_manifest(
+        "init",
+        command=python(read),
+        restartPolicy="Never",
+        volumes=[{"name": "work", "emptyDir": {}}],
+        container={"volumeMounts": mount},
+    )
+    manifest["spec"]["initContainers"] = [
+        {"name": "prepare", "image": IMAGE, "command": python(write), "volumeMounts": mount}
+    ]
+    store.create("pods", manifest)
+    pod = await phase(store, "init", "Succeeded")
+    init_status = pod["status"]["initContainerStatuses"][0]
+    assert init_status["state"]["terminated"]["exitCode"] == 0
+    initialized = next(c for c in pod["status"]["conditions"] if c["type"] == "Initialized")
+    assert initialized["status"] == "True"
+    assert [line for _, line in store.read_log("default", "init", "main")] == ["from init"]

@@ -39,7 +39,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Catalog, CatalogEntry
@@ -53,18 +53,14 @@ from .oci import (
 )
 from .podworker import PodWorker
 from .runtime import PullError
+from .scheduler import parse_quantity
 from .store import timestamp
 
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-GB = 1024 * MB
 # pkg/kubelet/nodestatus/setters.go: --node-status-max-images default
 NODE_STATUS_MAX_IMAGES = 50
-# pkg/kubelet/images/image_manager.go + kubelet.go: image pull back-off 10s .. 300s
-PULL_BACKOFF = (10.0, 300.0)
-# pkg/kubelet/kubelet.go: container restart back-off 10s .. 300s
-RESTART_BACKOFF = (10.0, 300.0)
 KUBELET_VERSION = "v1.30.0"
 
 
@@ -100,13 +96,10 @@ class CachedImage:
     names: list[str]
     size: int
     digest: str
-    last_used: float = field(default_factory=time.monotonic)
 
 
 def parse_size(value) -> int:
     """``"1.5Gi"``-style or a number of bytes."""
-    from .scheduler import parse_quantity
-
     return int(parse_quantity(value)) if isinstance(value, str) else int(value)
 
 
