@@ -498,3 +498,33 @@ async def test_init_containers_run_first_and_share_volumes(cluster):
     initialized = next(c for c in pod["status"]["conditions"] if c["type"] == "Initialized")
     assert initialized["status"] == "True"
     assert [line for _, line in store.read_log("default", "init", "main")] == ["from init"]
+
+
+async def test_readiness_probe_gates_ready(cluster):
+    store = cluster.store
+    # the server binds its port only after a marker file appears
+    code = (
+        "import os, socket, time\n"
+        "while not os.path.exists('go'): time.sleep(0.05)\n"
+        "s = socket.socket(); s.bind((os.environ['IP'], 8080)); s.listen(); time.sleep(600)"
+    )
+    probe = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    env = [{"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    store.create(
+        "pods",
+        pod_manifest(
+            "probed", command=python(code), container={"readinessProbe": probe, "env": env}
+        ),
+    )
+    pod = await phase(store, "probed", "Running")
+    assert not pod["status"]["containerStatuses"][0]["ready"]
+    uid = pod["metadata"]["uid"]
+    worker = cluster.kubelets["node-1"].workers[uid]
+    (worker.dir / "home" / "go").touch()
+
+    def ready():
+        pod = store.get("pods", "default", "probed")
+        conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        return conditions["Ready"] == "True" and pod["status"]["containerStatuses"][0]["ready"]
+
+    await poll(ready, timeout=20, message="the probe to pass")
