@@ -570,7 +570,10 @@ class BinderLaunchMixin(LoggingConfigurable):
 
     async def start(self):
         started = time.perf_counter()
-        self._launch_progress = LaunchProgress()
+        current = getattr(self, "_launch_progress", None)
+        if current is None or current.events or current.closed or current.handed_over:
+            # a fresh one, unless a spawn page is already waiting on an unused one
+            self._launch_progress = LaunchProgress()
         self._slot = None
         try:
             spec = await self.resolve_launch()

@@ -264,3 +264,18 @@ async def test_unreachable_service_refuses_the_launch_unless_allowed():
     assert "Try again" in info.value.message
     spawner.allow_launch_without_service = True
     assert await spawner.reserve_slot(spec) is None
+
+
+async def test_a_reader_waiting_before_the_launch_sees_its_events(spawner):
+    async def collect():
+        return [event["message"] async for event in spawner.progress()]
+
+    reader = asyncio.ensure_future(collect())
+    await asyncio.sleep(0)  # the reader is waiting before start() begins
+    spawner.user_options = {}
+    with pytest.raises(SpawnException):
+        # no repository: refused after the progress object is set up
+        await spawner.start()
+    # the reader ends with the failed launch (it would wait forever on a
+    # progress object the launch had replaced)
+    assert await asyncio.wait_for(reader, 5) == []
