@@ -94,6 +94,7 @@ class BuildTask:
         self.lines = []
         self.tail = deque(maxlen=tail_lines)
         self.future = asyncio.get_running_loop().create_future()
+        self.runner = None
         self._changed = asyncio.Event()
 
     def add_line(self, line):
@@ -317,7 +318,8 @@ class EnvironmentBuilder(SingletonConfigurable):
             return task
         task = BuildTask(key, self.tail_lines)
         self._tasks[key] = task
-        asyncio.ensure_future(self._run_build(task, repo_url, commit))
+        # kept on the task: the event loop holds only weak references to running tasks
+        task.runner = asyncio.ensure_future(self._run_build(task, repo_url, commit))
         return task
 
     def acquire(self, key):
