@@ -40,6 +40,8 @@ async def hub(tmp_path_factory, request):
         directory,
         extra="""
 c.JupyterHub.allow_named_servers = True
+# counts stopped named servers too: the router prunes those of anonymous users
+c.JupyterHub.named_server_limit_per_user = 2
 c.AnonymousAuthenticator.max_servers_per_user = 2
 c.AnonymousAuthenticator.new_users_per_minute = 3
 c.AnonymousAuthenticator.new_users_window = 3600
@@ -208,6 +210,24 @@ async def test_two_links_in_one_browser(hub):
     assert status == 429, body
     status, model = await hub.api("GET", f"/users/{name}")
     assert set(model["servers"]) == {"", server}
+
+    # after stopping the second session a third repository starts, although the
+    # hub's named_server_limit_per_user (2) counts the stopped "second" and the
+    # refused "extra": the router deleted those first
+    status, body = await hub.api("DELETE", f"/users/{name}/servers/{server}", token=token)
+    assert status in (202, 204), body
+
+    async def stopped():
+        return await server_model(hub, name, server) is None
+
+    await poll(stopped, timeout=30, interval=0.2, message="the second server to stop")
+    steps = await follow(browser, spawn_url(hub, {"repo": "https://github.com/org/third"}), limit=1)
+    third = urlsplit(steps[0][1]).path.rsplit("/", 1)[1]
+    assert third.startswith("third-")
+    await follow(browser, origin(hub) + steps[0][1])
+    await wait_ready(hub, name, third)
+    status, model = await hub.api("GET", f"/users/{name}")
+    assert set(model["servers"]) == {"", third}
 
 
 BYPASS_VECTORS = [
