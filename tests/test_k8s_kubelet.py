@@ -272,8 +272,10 @@ async def test_missing_image_backs_off_until_pushed(k8s_cluster_factory, registr
         waiting = status and status[0]["state"].get("waiting")
         return waiting and waiting["reason"]
 
-    await poll(lambda: waiting_reason() == "ErrImagePull", timeout=20)
-    await poll(lambda: waiting_reason() == "ImagePullBackOff", timeout=20)
+    # ErrImagePull, then ImagePullBackOff, retried with back-off (the events stay)
+    await poll(lambda: "Error: ImagePullBackOff" in messages(store, "later"), timeout=20)
+    assert "Error: ErrImagePull" in messages(store, "later")
+    assert waiting_reason() in ("ErrImagePull", "ImagePullBackOff")
     assert any("not found" in m for m in messages(store, "later"))
     assert store.get("pods", "default", "later")["status"]["phase"] == "Pending"
 
