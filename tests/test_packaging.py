@@ -4,6 +4,7 @@ import importlib
 import subprocess
 import sys
 from importlib.metadata import distribution
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
@@ -76,9 +77,8 @@ def test_console_script_help():
         check=True,
     ).stdout
     assert "jupyterhub-binder" in out
-    import shutil
-
-    exe = shutil.which("jupyterhub-binder")
-    assert exe, "console script not installed"
+    # the script installed beside this interpreter (the venv's bin directory)
+    exe = Path(sys.executable).parent / "jupyterhub-binder"
+    assert exe.exists(), "console script not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "usage: jupyterhub-binder" in out
