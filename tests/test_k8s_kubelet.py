@@ -530,3 +530,31 @@ async def test_readiness_probe_gates_ready(cluster):
         return conditions["Ready"] == "True" and pod["status"]["containerStatuses"][0]["ready"]
 
     await poll(ready, timeout=20, message="the probe to pass")
+
+
+async def test_scheduler_names_and_profiles(k8s_cluster_factory):
+    # a z2jh-style user scheduler under its own name; other names stay pending
+    cluster = await k8s_cluster_factory(
+        nodes=2,
+        node_defaults=FAST,
+        scheduler_config={
+            "default-scheduler": "kube-default",
+            "user-scheduler": "z2jh-user-scheduler",
+        },
+    )
+    cluster.catalog.add(IMAGE, GENERIC, size=MB)
+    store = cluster.store
+    sleeper = python("import time; time.sleep(600)")
+    store.create("pods", pod_manifest("packed-1", command=sleeper, schedulerName="user-scheduler"))
+    first = (await phase(store, "packed-1", "Running"))["spec"]["nodeName"]
+    store.create("pods", pod_manifest("packed-2", command=sleeper, schedulerName="user-scheduler"))
+    # MostAllocated packs the second pod next to the first
+    assert (await phase(store, "packed-2", "Running"))["spec"]["nodeName"] == first
+    events, _ = store.list("events", field_selector="involvedObject.name=packed-2")
+    assert events[0]["source"]["component"] == "user-scheduler"
+
+    store.create("pods", pod_manifest("orphan", command=sleeper, schedulerName="nobody"))
+    store.create("pods", pod_manifest("marker", command=sleeper))
+    await phase(store, "marker", "Running")  # the loop has run since "orphan" was created
+    orphan = store.get("pods", "default", "orphan")
+    assert not orphan["spec"].get("nodeName") and reasons(store, "orphan") == []
