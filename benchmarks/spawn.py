@@ -121,8 +121,31 @@ async def wait_ready(hub, name):
     raise RuntimeError(f"progress of {name} ended before the server was ready")
 
 
-async def spawn_series(hub, prefix, spawns, options):
-    """Start and stop ``spawns + 1`` servers; returns client-side seconds (first dropped)."""
+def pod_ip(cluster, user):
+    for pod in cluster.store.select("pods", "default"):
+        annotations = pod["metadata"].get("annotations") or {}
+        if annotations.get("hub.jupyter.org/username") == user:
+            return (pod.get("status") or {}).get("podIP")
+    return None
+
+
+async def gone(ip, port=8888):
+    """True once nothing answers at ip:port any more."""
+    try:
+        _, writer = await asyncio.open_connection(ip, port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+async def spawn_series(hub, cluster, prefix, spawns, options):
+    """Start and stop ``spawns + 1`` servers; returns client-side seconds (first dropped).
+
+    After each stop the old server's address must stop answering before the
+    next spawn: a new pod can get the same address, and the hub takes any
+    HTTP answer there as its server being up.
+    """
     times = []
     for i in range(spawns + 1):
         name = f"{prefix}{i}"
@@ -136,6 +159,7 @@ async def spawn_series(hub, prefix, spawns, options):
         elapsed = time.perf_counter() - started
         if i:
             times.append(elapsed)
+        ip = pod_ip(cluster, name)
         status, _ = await hub.api("DELETE", f"/users/{name}/server")
         assert status in (202, 204), status
 
@@ -144,6 +168,8 @@ async def spawn_series(hub, prefix, spawns, options):
             return "" not in body["servers"]
 
         await poll(stopped, timeout=60, interval=0.1, message=f"{name} stopped")
+        if ip:
+            await poll(lambda ip=ip: gone(ip), timeout=60, interval=0.1, message=f"{ip} free")
     return times
 
 
@@ -153,7 +179,8 @@ def hub_start_times(log, prefix):
 
 
 def prepare_times(log):
-    pattern = re.compile(r"Binder launch of b(\d+): prepared in ([0-9.]+) ms")
+    # the log name of a default server is the user name
+    pattern = re.compile(r"Binder launch of b(\d+):? prepared in ([0-9.]+) ms")
     return [float(ms) for n, ms in pattern.findall(log) if n != "0"]
 
 
@@ -196,7 +223,7 @@ async def run(spawns):
                                 return r.status == 200
 
                 await poll(service_up, timeout=60, message="binder_service")
-                binder = await spawn_series(hub, "b", spawns, {"repo": url, "ref": "main"})
+                binder = await spawn_series(hub, cluster, "b", spawns, {"repo": url, "ref": "main"})
                 binder_log = hub.log()
             finally:
                 await hub.stop()
@@ -204,7 +231,7 @@ async def run(spawns):
                 tmp / "hub-kube", textwrap.dedent(kube_config(image)), env=env, timeout=90
             )
             try:
-                kube = await spawn_series(hub, "k", spawns, {})
+                kube = await spawn_series(hub, cluster, "k", spawns, {})
                 kube_log = hub.log()
             finally:
                 await hub.stop()
@@ -222,6 +249,9 @@ async def run(spawns):
             "kube_hub_median_s": statistics.median(hub_start_times(kube_log, "k") or [0]),
             "binder_before_kubespawner_median_ms": statistics.median(prepare or [0]),
             "binder_before_kubespawner_max_ms": max(prepare or [0]),
+            "binder_s": [round(t, 3) for t in binder],
+            "kube_s": [round(t, 3) for t in kube],
+            "binder_before_kubespawner_ms": prepare,
         }
         return results
 
