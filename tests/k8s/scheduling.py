@@ -52,18 +52,41 @@ class SchedulerLoop:
         #: (pod uid) -> last FailedScheduling message, to post each message once
         self._reported: dict[str, str] = {}
         self.decisions = 0
+        #: (namespace, name) of the pods waiting for a node, kept from store changes
+        self._pending: set = set()
 
     def _on_change(self, type_, resource, obj):
         if self._stopped:
             return
-        if resource == "nodes" or (
-            resource == "pods" and (type_ != "MODIFIED" or not obj["spec"].get("nodeName"))
-        ):
+        if resource == "pods":
+            meta = obj["metadata"]
+            key = (meta.get("namespace"), meta["name"])
+            if type_ != "DELETED" and self._is_pending(obj):
+                self._pending.add(key)
+            else:
+                self._pending.discard(key)
+                if type_ == "MODIFIED" and obj["spec"].get("nodeName"):
+                    # a bound pod: only its end frees resources for others
+                    if obj.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+                        return
             self._wake.set()
-        elif resource == "pods" and obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            self._wake.set()  # resources freed
+        elif resource == "nodes":
+            self._wake.set()
+
+    def _is_pending(self, pod):
+        return (
+            not pod["spec"].get("nodeName")
+            and not pod["metadata"].get("deletionTimestamp")
+            and pod["spec"].get("schedulerName", "default-scheduler") in self.profiles
+            and pod.get("status", {}).get("phase", "Pending") == "Pending"
+        )
 
     def start(self):
+        self._pending = {
+            (p["metadata"]["namespace"], p["metadata"]["name"])
+            for p in self.store.select("pods")
+            if self._is_pending(p)
+        }
         self.store.on_change(self._on_change)
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name="scheduler")
@@ -88,15 +111,11 @@ class SchedulerLoop:
             await asyncio.sleep(0)
 
     def pending(self):
+        """All pods and the pending ones, in scheduling order (priority, then age)."""
+        if not self._pending:
+            return None, []
         pods = self.store.select("pods")
-        pending = [
-            p
-            for p in pods
-            if not p["spec"].get("nodeName")
-            and not p["metadata"].get("deletionTimestamp")
-            and p["spec"].get("schedulerName", "default-scheduler") in self.profiles
-            and p.get("status", {}).get("phase", "Pending") == "Pending"
-        ]
+        pending = [p for p in pods if self._is_pending(p)]
         pending.sort(
             key=lambda p: (
                 -(p["spec"].get("priority") or 0),
