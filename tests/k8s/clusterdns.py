@@ -16,6 +16,7 @@ variables that switch them on; names not in the file use the system resolver.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -62,8 +63,11 @@ class ClusterDNS:
         self.path = Path(path)
         self._records = None
         self._stopped = False
+        self._scheduled = False
+        self._namespaces = set()
 
     def start(self):
+        self._namespaces = {svc["metadata"]["namespace"] for svc in self.store.select("services")}
         self.store.on_change(self._on_change)
         self.refresh()
         return self
@@ -72,10 +76,21 @@ class ClusterDNS:
         self._stopped = True
 
     def _on_change(self, type_, resource, obj):
-        if not self._stopped and resource in ("services", "pods"):
-            self.refresh()
+        if self._stopped:
+            return
+        if resource == "services":
+            self._namespaces = {
+                svc["metadata"]["namespace"] for svc in self.store.select("services")
+            }
+        elif resource != "pods" or obj["metadata"].get("namespace") not in self._namespaces:
+            return  # only pods next to a Service can change a record
+        if not self._scheduled:
+            # one refresh per burst of changes, after the current callbacks
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.refresh)
 
     def refresh(self):
+        self._scheduled = False
         records = service_records(self.store.select("services"), self.store.select("pods"))
         if records == self._records:
             return

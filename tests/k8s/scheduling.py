@@ -52,8 +52,11 @@ class SchedulerLoop:
         #: (pod uid) -> last FailedScheduling message, to post each message once
         self._reported: dict[str, str] = {}
         self.decisions = 0
-        #: (namespace, name) of the pods waiting for a node, kept from store changes
-        self._pending: set = set()
+        #: (namespace, name) of pending pods to try next (kube-scheduler's activeQ)
+        self._active: set = set()
+        #: pods that fit nowhere, parked until a node changes or a pod goes
+        #: (pkg/scheduler/internal/queue: unschedulablePods and cluster events)
+        self._unschedulable: set = set()
 
     def _on_change(self, type_, resource, obj):
         if self._stopped:
@@ -62,15 +65,22 @@ class SchedulerLoop:
             meta = obj["metadata"]
             key = (meta.get("namespace"), meta["name"])
             if type_ != "DELETED" and self._is_pending(obj):
-                self._pending.add(key)
-            else:
-                self._pending.discard(key)
-                if type_ == "MODIFIED" and obj["spec"].get("nodeName"):
-                    # a bound pod: only its end frees resources for others
-                    if obj.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-                        return
-            self._wake.set()
+                if key not in self._unschedulable:
+                    self._active.add(key)
+                    self._wake.set()
+                return
+            self._active.discard(key)
+            self._unschedulable.discard(key)
+            if type_ == "DELETED" or obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                self._retry_unschedulable()  # resources were freed
         elif resource == "nodes":
+            self._retry_unschedulable()
+
+    def _retry_unschedulable(self):
+        """Move parked pods back to the active queue (a cluster event that may help them)."""
+        if self._unschedulable:
+            self._active |= self._unschedulable
+            self._unschedulable.clear()
             self._wake.set()
 
     def _is_pending(self, pod):
@@ -82,7 +92,7 @@ class SchedulerLoop:
         )
 
     def start(self):
-        self._pending = {
+        self._active = {
             (p["metadata"]["namespace"], p["metadata"]["name"])
             for p in self.store.select("pods")
             if self._is_pending(p)
@@ -111,11 +121,16 @@ class SchedulerLoop:
             await asyncio.sleep(0)
 
     def pending(self):
-        """All pods and the pending ones, in scheduling order (priority, then age)."""
-        if not self._pending:
-            return None, []
-        pods = self.store.select("pods")
-        pending = [p for p in pods if self._is_pending(p)]
+        """The pods of the active queue that still wait, in scheduling order (priority, age)."""
+        keys, self._active = self._active, set()
+        pending = []
+        for namespace, name in keys:
+            try:
+                pod = self.store.get("pods", namespace, name)
+            except ApiError:
+                continue
+            if self._is_pending(pod):
+                pending.append(pod)
         pending.sort(
             key=lambda p: (
                 -(p["spec"].get("priority") or 0),
@@ -123,19 +138,20 @@ class SchedulerLoop:
                 p["metadata"]["name"],
             )
         )
-        return pods, pending
+        return pending
 
     def cycle(self):
         """One pass over the pending pods; returns how many were bound."""
-        pods, pending = self.pending()
+        pending = self.pending()
         if not pending:
             return 0
         nodes = self.store.select("nodes")
         by_node: dict[str, list] = {}
-        for pod in pods:
-            node = pod["spec"].get("nodeName")
-            if node:
-                by_node.setdefault(node, []).append(pod)
+        if nodes:
+            for pod in self.store.select("pods"):
+                node = pod["spec"].get("nodeName")
+                if node:
+                    by_node.setdefault(node, []).append(pod)
         bound = 0
         for pod in pending:
             profile = self.profiles[pod["spec"].get("schedulerName", "default-scheduler")]
@@ -143,7 +159,8 @@ class SchedulerLoop:
             self.decisions += 1
             meta = pod["metadata"]
             if choice is None:
-                self._unschedulable(pod, failed_scheduling_message(reasons, len(nodes)))
+                self._unschedulable.add((meta["namespace"], meta["name"]))
+                self._report_unschedulable(pod, failed_scheduling_message(reasons, len(nodes)))
                 continue
             try:
                 bound_pod = self.store.bind(
@@ -163,7 +180,7 @@ class SchedulerLoop:
             )
         return bound
 
-    def _unschedulable(self, pod, message):
+    def _report_unschedulable(self, pod, message):
         meta = pod["metadata"]
         if self._reported.get(meta["uid"]) == message:
             return
