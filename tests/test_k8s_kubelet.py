@@ -558,3 +558,19 @@ async def test_scheduler_names_and_profiles(k8s_cluster_factory):
     await phase(store, "marker", "Running")  # the loop has run since "orphan" was created
     orphan = store.get("pods", "default", "orphan")
     assert not orphan["spec"].get("nodeName") and reasons(store, "orphan") == []
+
+
+async def test_unschedulable_pod_retried_when_a_pod_goes(k8s_cluster_factory):
+    cluster = await k8s_cluster_factory(nodes=1, node_defaults={**FAST, "cpu": "1"})
+    cluster.catalog.add(IMAGE, GENERIC, size=MB)
+    store = cluster.store
+    sleeper = python("import time; time.sleep(600)")
+    requests = {"resources": {"requests": {"cpu": "800m"}}}
+    store.create("pods", pod_manifest("a", command=sleeper, container=requests))
+    await phase(store, "a", "Running")
+    store.create("pods", pod_manifest("b", command=sleeper, container=requests))
+    await poll(lambda: "FailedScheduling" in reasons(store, "b"), timeout=10)
+    store.delete("pods", "default", "a")
+    pod = await phase(store, "b", "Running")
+    assert pod["spec"]["nodeName"] == "node-1"
+    assert reasons(store, "b").count("FailedScheduling") == 1
