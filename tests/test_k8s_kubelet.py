@@ -574,3 +574,31 @@ async def test_unschedulable_pod_retried_when_a_pod_goes(k8s_cluster_factory):
     pod = await phase(store, "b", "Running")
     assert pod["spec"]["nodeName"] == "node-1"
     assert reasons(store, "b").count("FailedScheduling") == 1
+
+
+async def test_image_garbage_collection_keeps_images_in_use(k8s_cluster_factory):
+    cluster = await k8s_cluster_factory(nodes=1, node_defaults={**FAST, "image_cache": 250 * MB})
+    for name in "abc":
+        cluster.catalog.add(f"img.example.org/{name}:1", GENERIC, size=100 * MB)
+    store = cluster.store
+    sleeper = python("import time; time.sleep(600)")
+    store.create("pods", pod_manifest("a", image="img.example.org/a:1", command=sleeper))
+    await phase(store, "a", "Running")
+    for name in "bc":
+        store.create(
+            "pods",
+            pod_manifest(
+                name, image=f"img.example.org/{name}:1", command=sleeper, restartPolicy="Never"
+            ),
+        )
+        await phase(store, name, "Running")
+        store.delete("pods", "default", name, grace_period_seconds=0)
+        await poll(lambda n=name: not store.exists("pods", "default", n))
+
+    def names():
+        node = store.get("nodes", None, "node-1")
+        return {n for image in node["status"]["images"] for n in image["names"]}
+
+    # "b" was least recently used and no pod uses it: evicted for "c"; "a" is in use
+    assert "img.example.org/a:1" in names() and "img.example.org/c:1" in names()
+    assert "img.example.org/b:1" not in names()

@@ -96,6 +96,7 @@ class CachedImage:
     names: list[str]
     size: int
     digest: str
+    last_used: float = 0.0
 
 
 def parse_size(value) -> int:
@@ -144,6 +145,7 @@ class Kubelet:
         pods=110,
         images=(),
         bandwidth=200 * MB,
+        image_cache=None,
         time_scale=1.0,
         labels=None,
         taints=None,
@@ -167,6 +169,7 @@ class Kubelet:
             "ephemeral-storage": "100Gi",
         }
         self.bandwidth = parse_size(bandwidth)
+        self.image_cache = parse_size(image_cache) if image_cache is not None else None
         self.time_scale = float(time_scale)
         self.labels = dict(labels or {})
         self.taints = list(taints or [])
@@ -335,10 +338,44 @@ class Kubelet:
             f"{ref.repository}@{digest}",
             str(ref) if not ref.digest else f"{ref.repository}@{ref.digest}",
         ]
-        self.images[image] = CachedImage(list(dict.fromkeys(names + [image])), size, digest)
+        self.images[image] = CachedImage(
+            list(dict.fromkeys(names + [image])), size, digest, time.monotonic()
+        )
+
+    def images_in_use(self) -> set[str]:
+        return {
+            c["image"]
+            for worker in self.workers.values()
+            for c in (worker.spec.get("initContainers") or []) + worker.spec["containers"]
+        }
+
+    def collect_images(self):
+        """Image garbage collection: drop least recently used images until the cache fits.
+
+        Like pkg/kubelet/images/image_gc_manager.go, images that a pod on the
+        node uses are kept; ``image_cache`` (bytes) stands for the disk's
+        high threshold. Returns the evicted image names.
+        """
+        if self.image_cache is None:
+            return []
+        in_use = self.images_in_use()
+        evicted = []
+        candidates = sorted(
+            (i for i in self.images if i not in in_use), key=lambda i: self.images[i].last_used
+        )
+        while sum(i.size for i in self.images.values()) > self.image_cache and candidates:
+            image = candidates.pop(0)
+            del self.images[image]
+            evicted.append(image)
+        if evicted:
+            log.info("kubelet %s: evicted images %s", self.name, ", ".join(evicted))
+        return evicted
 
     def has_image(self, image: str) -> bool:
-        return image in self.images
+        cached = self.images.get(image)
+        if cached is not None:
+            cached.last_used = time.monotonic()
+        return cached is not None
 
     def image_id(self, image: str) -> str:
         cached = self.images.get(image)
@@ -387,6 +424,7 @@ class Kubelet:
                 async with self._pull_lock:
                     await asyncio.sleep(size / self.bandwidth * self.time_scale)
                 self._cache(image, digest, size)
+                self.collect_images()
                 self._publish_node()
             result = (time.monotonic() - started, size)
             future.set_result(result)
@@ -446,8 +484,10 @@ class KubeletPool:
     ``start_node(name, options)`` takes the options ``Cluster.add_node`` kept:
     ``cpu``, ``memory``, ``pods``, ``images`` (image -> size), ``labels``,
     ``taints``, ``unschedulable``, and the kubelet's own ``bandwidth`` (bytes
-    per second, default 200 MiB/s) and ``time_scale`` (multiplies pull times
-    and back-offs; default 1.0, tests use less).
+    per second, default 200 MiB/s), ``time_scale`` (multiplies pull times
+    and back-offs; default 1.0, tests use less) and ``image_cache`` (bytes of
+    images a node keeps before it evicts the least recently used; default
+    unlimited).
     """
 
     def __init__(
@@ -495,6 +535,7 @@ class KubeletPool:
             images=images,
             bandwidth=options.get("bandwidth", 200 * MB),
             time_scale=options.get("time_scale", 1.0),
+            image_cache=options.get("image_cache"),
             labels=options.get("labels"),
             taints=options.get("taints"),
             unschedulable=options.get("unschedulable", False),
