@@ -379,7 +379,12 @@ async def test_repo2docker_stand_in_builds_and_pushes(k8s_cluster_factory, regis
     await phase(store, "launch", "Running", timeout=30)
 
 
-async def test_docker_config_credentials_for_push(k8s_cluster_factory, registry_auth, git_server):
+@pytest.mark.parametrize("fixture", ["registry_auth", "registry_token"])
+async def test_docker_config_credentials_for_push(
+    k8s_cluster_factory, git_server, request, fixture
+):
+    # basic auth, and the bearer-token challenge answered with the same credentials
+    registry_auth = request.getfixturevalue(fixture)
     cluster = await k8s_cluster_factory(nodes=1, node_defaults=FAST, registry_url=registry_auth.url)
     store = cluster.store
     config = json.dumps(registry_auth.docker_config())
@@ -398,6 +403,14 @@ async def test_docker_config_credentials_for_push(k8s_cluster_factory, registry_
     ]
     store.create("pods", pod)
     await phase(store, "build-auth", "Succeeded", timeout=60)
+    status, _, _ = await asyncio.to_thread(
+        registry_auth.request,
+        "HEAD",
+        "/v2/binder-auth/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        scope="repository:binder-auth:pull",
+    )
+    assert status == 200
 
 
 async def test_slow_build_streams_logs_and_stops_on_delete(
