@@ -615,3 +615,26 @@ async def test_image_garbage_collection_keeps_images_in_use(k8s_cluster_factory)
     # "b" was least recently used and no pod uses it: evicted for "c"; "a" is in use
     assert "img.example.org/a:1" in names() and "img.example.org/c:1" in names()
     assert "img.example.org/b:1" not in names()
+
+
+async def test_pull_with_image_pull_secrets(k8s_cluster_factory, registry_auth):
+    cluster = await k8s_cluster_factory(nodes=1, node_defaults=FAST, registry_url=registry_auth.url)
+    store = cluster.store
+    await asyncio.to_thread(registry_auth.push_image, "private", "1")
+    image = f"{registry_auth.host}/private:1"
+    store.create("pods", pod_manifest("anonymous", image=image))
+    await poll(lambda: "Error: ErrImagePull" in messages(store, "anonymous"), timeout=20)
+
+    config = json.dumps(registry_auth.docker_config()).encode()
+    store.create(
+        "secrets",
+        {
+            "metadata": {"name": "pull", "namespace": "default"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(config).decode()},
+        },
+    )
+    store.create(
+        "pods", pod_manifest("authorized", image=image, imagePullSecrets=[{"name": "pull"}])
+    )
+    await phase(store, "authorized", "Running")
