@@ -22,6 +22,7 @@ import base64
 import contextlib
 import os
 import re
+import shutil
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -231,9 +232,13 @@ class ContainerProcess:
 
     async def start(self):
         """Start the process; raises OSError (e.g. the executable does not exist)."""
-        argv = self.argv
+        argv, ids = self.argv, {}
         if os.geteuid() == 0 and self.uid is not None:
-            argv = run_as(self.uid, self.gid, self.groups) + argv
+            if shutil.which("setpriv"):
+                argv = run_as(self.uid, self.gid, self.groups) + argv
+            else:  # without util-linux: the same ids, set by Python before exec
+                gid = self.gid if self.gid is not None else 0
+                ids = {"user": self.uid, "group": gid, "extra_groups": self.groups}
         self.process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=self.cwd,
@@ -243,6 +248,7 @@ class ContainerProcess:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             limit=1 << 20,
+            **ids,
         )
         self._reader = asyncio.create_task(self._read())
         return self
