@@ -333,6 +333,19 @@ def steps(events):
     return [e["message"] for e in events if e.get("message", "").startswith("Step ")]
 
 
+# every rule chart-values/rbac.yaml adds, each taken away by a test below
+PROVEN_NEEDED = {("pods/log", "get"), ("nodes", "list")}
+
+
+async def test_every_added_rule_is_proven_needed():
+    granted = set()
+    for resource, obj in chart_rbac_objects(NAMESPACE):
+        if resource in ("roles", "clusterroles") and obj["metadata"]["name"] != "hub":
+            for rule in obj["rules"]:
+                granted |= {(r, v) for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == PROVEN_NEEDED
+
+
 async def test_the_service_account_cannot_do_more(deployment):
     # the token is not an admin's: what no rule grants is refused
     authorizer = deployment.cluster.authorizer
