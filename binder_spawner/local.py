@@ -189,7 +189,12 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
         return ["jupyterhub-singleuser"]
 
     async def prepare_launch(self, spec):
-        task = self.builder.build(spec.repo_url, spec.commit)
+        git_config = None
+        if self.builder.load(self.builder.environment_key(spec.repo_url, spec.commit)) is None:
+            # the clone goes to the addresses the policy checks now, with its
+            # protocol and credential restrictions: DNS cannot send it elsewhere
+            git_config = await self.repo_policy.git_config(spec.repo_url)
+        task = self.builder.build(spec.repo_url, spec.commit, git_config)
         if task.future.done() or self.builder.load(task.key) is not None:
             self.emit_progress("building", f"Reusing the environment built for {spec.commit[:12]}")
         else:

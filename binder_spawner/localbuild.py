@@ -27,6 +27,7 @@ from jupyterhub.traitlets import ByteSpecification
 from traitlets import Bool, Enum, Instance, Integer, List, Unicode, default
 from traitlets.config import SingletonConfigurable
 
+from . import gitref
 from .localplan import (
     UnsupportedRepository,
     environment_key,
@@ -307,10 +308,13 @@ class EnvironmentBuilder(SingletonConfigurable):
             return None
         return Environment(**data)
 
-    def build(self, repo_url, commit):
+    def build(self, repo_url, commit, git_config=None):
         """The :class:`BuildTask` for (repo_url, commit): a running one is shared, else started.
 
         A finished environment gives an already-done task, so callers follow one way.
+        ``git_config``: (key, value) pairs for the clone, from
+        :meth:`binder_spawner.repos.RepoPolicy.git_config` (checked, pinned
+        addresses, restricted protocols); without it only http(s) is allowed.
         """
         key = self.environment_key(repo_url, commit)
         task = self._tasks.get(key)
@@ -319,7 +323,7 @@ class EnvironmentBuilder(SingletonConfigurable):
         task = BuildTask(key, self.tail_lines)
         self._tasks[key] = task
         # kept on the task: the event loop holds only weak references to running tasks
-        task.runner = asyncio.ensure_future(self._run_build(task, repo_url, commit))
+        task.runner = asyncio.ensure_future(self._run_build(task, repo_url, commit, git_config))
         return task
 
     def acquire(self, key):
@@ -340,9 +344,9 @@ class EnvironmentBuilder(SingletonConfigurable):
         with contextlib.suppress(OSError):
             os.utime(os.path.join(self.envs_dir, key, MARKER))
 
-    async def _run_build(self, task, repo_url, commit):
+    async def _run_build(self, task, repo_url, commit, git_config=None):
         try:
-            env = await self._build_locked(task, repo_url, commit)
+            env = await self._build_locked(task, repo_url, commit, git_config)
         except Exception as e:  # delivered to every follower of the task
             if not isinstance(e, (BuildError, UnsupportedRepository)):
                 self.log.exception("Build of %s@%s failed unexpectedly", repo_url, commit)
@@ -354,7 +358,7 @@ class EnvironmentBuilder(SingletonConfigurable):
             # finished tasks need not be remembered: the marker file says it all
             self._tasks.pop(task.key, None)
 
-    async def _build_locked(self, task, repo_url, commit):
+    async def _build_locked(self, task, repo_url, commit, git_config=None):
         os.makedirs(self.envs_dir, mode=0o711, exist_ok=True)
         lock_path = os.path.join(self.envs_dir, f".{task.key}.lock")
         # another hub process (or a restarted one) may be building the same key
@@ -365,7 +369,7 @@ class EnvironmentBuilder(SingletonConfigurable):
             if env is not None:
                 self._touch(task.key)
                 return env
-            env = await self._build(task, repo_url, commit)
+            env = await self._build(task, repo_url, commit, git_config)
         finally:
             os.close(fd)
         self._evict(keep={task.key})
@@ -389,13 +393,13 @@ class EnvironmentBuilder(SingletonConfigurable):
         with open(os.path.join(path, MARKER), "w") as f:
             json.dump(asdict(env), f)
 
-    async def _build(self, task, repo_url, commit):
+    async def _build(self, task, repo_url, commit, git_config=None):
         path = os.path.join(self.envs_dir, task.key)
         uid = await asyncio.to_thread(self._prepare, path)
         started = time.monotonic()
         self.log.info("Building %s at %s into %s", repo_url, commit, path)
         try:
-            env = await self._build_steps(task, path, repo_url, commit, uid)
+            env = await self._build_steps(task, path, repo_url, commit, uid, git_config)
             await asyncio.to_thread(self._finish, path, env)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, path, True)
@@ -409,11 +413,11 @@ class EnvironmentBuilder(SingletonConfigurable):
         )
         return env
 
-    async def _build_steps(self, task, path, repo_url, commit, uid):
+    async def _build_steps(self, task, path, repo_url, commit, uid, git_config=None):
         repo = os.path.join(path, "repo")
         venv = os.path.join(path, "venv")
         task.add_line(f"Cloning {repo_url} at {commit}")
-        await self._clone(task, path, repo_url, commit, uid)
+        await self._clone(task, path, repo_url, commit, uid, git_config)
         plan = plan_build(repo)
         python, version, warnings = await self._choose_python(plan.python_version)
         for warning in warnings:
@@ -464,15 +468,12 @@ class EnvironmentBuilder(SingletonConfigurable):
             warnings=warnings,
         )
 
-    async def _clone(self, task, path, repo_url, commit, uid):
+    async def _clone(self, task, path, repo_url, commit, uid, git_config=None):
+        if git_config is None:
+            git_config = gitref.safe_config(allowed_schemes=("http", "https"))
         git = [
             "git",
-            "-c",
-            "protocol.allow=never",
-            "-c",
-            "protocol.http.allow=always",
-            "-c",
-            "protocol.https.allow=always",
+            *gitref.config_args(git_config),
             "-c",
             "core.hooksPath=/dev/null",
             "-c",

@@ -308,3 +308,27 @@ async def test_pyproject_package_installed_and_budget_evicts_least_recently_used
     builder.release(env_two.key)
     assert builder._evict() == [env_two.key]
     assert builder.load(env_two.key) is None
+
+
+async def test_clone_goes_to_the_pinned_address_only(git, build_root):
+    # The spawner passes RepoPolicy.git_config(): checked addresses pinned with
+    # http.curloptResolve. A name DNS does not know reaches the git server only
+    # through the pin, so the clone cannot be sent elsewhere by DNS.
+    from binder_spawner import gitref
+
+    git.create_repo("org/pinned", {"requirements.txt": ""})
+    port = git.url.rsplit(":", 1)[1].split("/")[0]
+    url = git.url.replace("127.0.0.1", "binder-pin-test.invalid") + "/org/pinned"
+    commit = git.sha("org/pinned")
+    builder = make_builder(build_root)
+    unpinned = builder.build(url, commit)
+    await collect(unpinned)
+    with pytest.raises(BuildError):
+        await unpinned.result()
+    pins = [f"binder-pin-test.invalid:{port}:127.0.0.1"]
+    config = gitref.safe_config(allowed_schemes=("http",), pins=pins)
+    pinned = builder.build(url, commit, config)
+    lines = await collect(pinned)
+    env = await pinned.result()
+    assert any("Cloning" in line for line in lines)
+    assert exists(env.repo_dir, "requirements.txt")
