@@ -319,7 +319,11 @@ class _GitHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # the client gave up (a timeout test, a git that had enough): not a server error
+            self.close_connection = True
 
 
 @pytest.fixture
