@@ -18,6 +18,7 @@ that needs it fails; the rule is put back afterwards. docs/permissions.md
 lists which granted rules are unused.
 """
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -293,6 +294,7 @@ async def deployment(tmp_path_factory):
     reset_kubespawner_config()
     service_port = free_port()
     env = Deployment(cluster, registry, git, directory / "hub", service_port, offset_file)
+    env.kubeconfig = kubeconfig
     config = textwrap.dedent(hub_config(registry, git, service_port, kubeconfig, offset_file))
     try:
         env.hub = await start_hub(
@@ -425,3 +427,56 @@ async def test_pods_list_is_needed_by_the_service(deployment):
         assert {"service": "kubernetes", "ok": False} in body["checks"], (status, body)
     status, body = await deployment.service("health")
     assert {"service": "kubernetes", "ok": True} in body["checks"], (status, body)
+
+
+@pytest.mark.parametrize("kind", ["pods", "events"])
+@pytest.mark.parametrize("verb", [None, "list", "watch"])
+async def test_kubespawner_reflectors_need_list_and_watch(deployment, monkeypatch, kind, verb):
+    # KubeSpawner's pod and event reflectors start once per hub process, so
+    # they are run here, as the hub runs them, with the hub's kubeconfig
+    from kubernetes_asyncio.client import ApiException
+    from kubernetes_asyncio.config import kube_config
+    from kubespawner import clients
+    from kubespawner.spawner import EventReflector, PodReflector
+
+    from .k8s.errors import ApiError
+
+    authorizer = deployment.cluster.authorizer
+    refused, allowed = [], []
+    authorize = authorizer.authorize
+
+    def recording(user, info):
+        try:
+            authorize(user, info)
+        except ApiError:
+            refused.append((info.verb, info.resource))
+            raise
+        allowed.append((info.verb, info.resource))
+
+    monkeypatch.setattr(authorizer, "authorize", recording)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(deployment.kubeconfig))
+    reset_kubespawner_config()
+    clients.load_config()
+    if kind == "pods":
+        reflector = PodReflector(namespace=NAMESPACE, labels={"component": "singleuser-server"})
+    else:
+        reflector = EventReflector(namespace=NAMESPACE, fields={"involvedObject.kind": "Pod"})
+    try:
+        with deployment.revoked(kind, verb) if verb else contextlib.nullcontext():
+            if verb == "list":
+                with pytest.raises(ApiException) as raised:
+                    await reflector.start()
+                assert raised.value.status == 403
+            else:
+                await reflector.start()
+                assert reflector.first_load_future.done()
+                # then it watches: what keeps the hub's view of pods and events current
+                outcome = refused if verb == "watch" else allowed
+                await poll(lambda: ("watch", kind) in outcome, timeout=30, message="the watch")
+        if verb is None:
+            assert ("list", kind) in allowed
+            assert refused == []
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reflector.stop(), 10)
+        reset_kubespawner_config()
