@@ -190,7 +190,8 @@ class NodeRoom:
         return self.schedulable and self.free_pods >= 1 and self.free_memory >= memory
 
 
-_QUANTITY = re.compile(r"^([0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+# Kubernetes resource quantities (resource.Quantity: decimal and binary suffixes).
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 _SUFFIX = {
     "": 1,
     "m": 1e-3,
@@ -198,21 +199,30 @@ _SUFFIX = {
     "M": 1e6,
     "G": 1e9,
     "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
     "Ki": 2**10,
     "Mi": 2**20,
     "Gi": 2**30,
     "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
 }
+
+
+def parse_quantity(value) -> float:
+    """A Kubernetes resource quantity ("1Gi", "500m", "2", 3) as a number."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _QUANTITY.match(str(value).strip())
+    if not match or match.group(2) not in _SUFFIX:
+        raise ValueError(f"invalid quantity {value!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
 
 
 def parse_bytes(value) -> int:
     """A memory or count quantity ("64Gi", "110", 5) as an integer."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    match = _QUANTITY.match(str(value).strip())
-    if not match or match.group(2) not in _SUFFIX:
-        raise ValueError(f"invalid quantity {value!r}")
-    return int(float(match.group(1)) * _SUFFIX[match.group(2)])
+    return int(parse_quantity(value))
 
 
 def _pod_memory_request(pod: dict) -> int:

@@ -35,10 +35,6 @@ from .store import Store
 from .validation import Validator
 
 
-def _parse_quantity(value):
-    return str(value)
-
-
 class Cluster:
     """See the module docstring. Options:
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from binder_service.placement import parse_quantity as _placement_parse_quantity
 
 # framework.MaxNodeScore (pkg/scheduler/framework/interface.go)
 MAX_NODE_SCORE = 100
@@ -119,33 +120,9 @@ PROFILES = {p.name: p for p in (KUBE_DEFAULT, Z2JH_USER_SCHEDULER)}
 # --------------------------------------------------------------------------
 # Quantities
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIX = {
-    "": 1,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
-
-
-def parse_quantity(value) -> float:
-    """A Kubernetes resource quantity ("1Gi", "500m", "2", 3) as a number."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = _QUANTITY.match(str(value).strip())
-    if not match or match.group(2) not in _SUFFIX:
-        raise ValueError(f"invalid quantity {value!r}")
-    return float(match.group(1)) * _SUFFIX[match.group(2)]
+# One parser for the emulator and the service's placement code (re-exported
+# here for the kubelet, runtime and validation modules).
+parse_quantity = _placement_parse_quantity
 
 
 def _milli(value) -> int:
