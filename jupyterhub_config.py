@@ -14,8 +14,9 @@ Environment variables for the common changes (see the README):
 - ``BINDER_ALLOWED_HOSTS``: comma-separated repository hosts, ``host`` or
   ``host:port``, allowed although they resolve to private or loopback
   addresses (e.g. a git server on the LAN); they may use plain ``http://``.
-- ``BINDER_STATE_DIR``: where the hub database, environments and homes live
-  (default ``./state``).
+- ``BINDER_STATE_DIR``: where the hub database and the environments live
+  (default ``/var/lib/jupyterhub-binder`` when the hub runs as root, so the
+  sandbox uids can reach it wherever the checkout is; ``./state`` otherwise).
 - ``BINDER_SERVICE_PORT``: loopback port of binder_service (default 10101).
 """
 
@@ -40,7 +41,8 @@ def _kubernetes_configured():
 
 c.JupyterHub.ip = os.environ.get("BINDER_IP", "127.0.0.1")
 c.JupyterHub.port = int(os.environ.get("BINDER_PORT", "8000"))
-state_dir = os.path.abspath(os.environ.get("BINDER_STATE_DIR", "state"))
+default_state_dir = "/var/lib/jupyterhub-binder" if os.geteuid() == 0 else "state"
+state_dir = os.path.abspath(os.environ.get("BINDER_STATE_DIR", default_state_dir))
 # the hub's own files: private to the hub's user
 hub_dir = os.path.join(state_dir, "hub")
 os.makedirs(hub_dir, mode=0o700, exist_ok=True)
@@ -70,7 +72,11 @@ else:
     os.makedirs(local_dir, mode=0o711, exist_ok=True)
     c.EnvironmentBuilder.envs_dir = os.path.join(local_dir, "envs")
     c.EnvironmentBuilder.cache_dir = os.path.join(local_dir, "cache")
-    c.LocalBinderSpawner.homes_dir = os.path.join(local_dir, "homes")
+    # the hub's "server not running" page says why a server was stopped (memory limit)
+    from binder_spawner.local import TEMPLATES, stop_reasons
+
+    c.JupyterHub.template_paths = [TEMPLATES]
+    c.JupyterHub.template_vars = {"binder_stop_reasons": stop_reasons}
 # the build happens inside start(): give it the time a build takes
 c.Spawner.start_timeout = 1800
 c.Spawner.http_timeout = 120
@@ -115,3 +121,13 @@ c.JupyterHub.load_roles.append(
     }
 )
 c.BinderServiceClient.url = f"http://127.0.0.1:{service_port}/services/binder/"
+
+# -- local mode: refuse to start rather than fail every launch ----------------------
+
+if not kubernetes:
+    from binder_spawner.local import check_local_mode
+
+    # the sandbox uids must reach the environments; as root, cgroups must enforce
+    # the limits (or c.Sandbox.require_cgroups = False, set before this file is
+    # loaded): said once, to the admin, instead of a failure for every visitor
+    check_local_mode(c)

@@ -6,54 +6,84 @@ shared with BinderSpawner. What differs is here: :meth:`prepare_launch` builds
 or reuses the repository's environment with the
 :class:`~binder_spawner.localbuild.EnvironmentBuilder` (one per hub process),
 and ``start()`` runs ``jupyterhub-singleuser`` from that environment as a
-local process inside the :class:`~binder_spawner.sandbox.Sandbox`, with a fresh
-home holding a copy of the repository (as repo2docker's images do).
+local process inside the :class:`~binder_spawner.sandbox.Sandbox`, in a cgroup
+of its own (memory, guarantee, processes), with a fresh tmpfs home that the
+server's own uid fills with the repository (:mod:`binder_spawner.homeinit`)
+before the server starts, as repo2docker's images hold it. Root never copies,
+reads or deletes a home: it is gone with the sandbox.
 """
 
 import asyncio
+import contextlib
 import os
-import shutil
 import subprocess
+from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
-from traitlets import Instance, Unicode, default
+from traitlets import Float, Instance, default
 
+from . import homeinit
+from .cgroups import cgroup_name
 from .errors import spawn_error
 from .launch import BinderLaunchMixin
-from .localbuild import BuildError, EnvironmentBuilder, UnsupportedRepository
-from .sandbox import SANDBOX_HOME, Sandbox
+from .localbuild import ENV_MOUNT, BuildError, EnvironmentBuilder, UnsupportedRepository
+from .sandbox import SANDBOX_HOME, Sandbox, SandboxUnavailable
 
 # Variables of the hub's environment that must not reach a user's server:
 # they would point the server's Python at the hub's packages.
 HUB_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX")
 
-
-def _home_name(user_name, server_name):
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in user_name)
-    return f"{safe}--{server_name}" if server_name else safe
+HOMEINIT_SOURCE = Path(homeinit.__file__).read_text()
+TEMPLATES = str(Path(__file__).with_name("templates"))
 
 
-def _fresh_home(repo_dir, home, uid, sandbox):
-    """Replace ``home`` with a copy of the repository checkout owned by ``uid``."""
-    os.makedirs(os.path.dirname(home), mode=0o711, exist_ok=True)
-    sandbox.check_reachable(os.path.dirname(home))
-    if os.path.lexists(home):
-        shutil.rmtree(home)
-    # symlinks are copied as symlinks: they resolve inside the sandbox, not here
-    shutil.copytree(repo_dir, home, symlinks=True)
-    os.chmod(home, 0o700)
-    if uid is not None:
-        for root, dirs, files in os.walk(home):
-            os.lchown(root, uid, uid)
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), uid, uid)
+def _megabytes(size):
+    return f"{size / 1024**2:,.0f} MB"
+
+
+def _gigabytes(size):
+    return f"{size / 1024**3:.3g} GB"
+
+
+def stop_reasons(user):
+    """``{server name: why it was stopped}`` for ``JupyterHub.template_vars``.
+
+    The hub's "server not running" page (``templates/not_running.html`` of
+    this package) shows it, so a visitor whose server the kernel stopped
+    learns why.
+    """
+    found = {}
+    for name, spawner in getattr(user, "spawners", {}).items():
+        reason = getattr(spawner, "stop_reason", None)
+        if reason and not spawner.active:
+            found[name] = reason
+    return found
+
+
+def check_local_mode(config):
+    """Refuse to start a local-mode hub that could not launch anything, saying why.
+
+    Called from ``jupyterhub_config.py``: the sandbox must be able to confine
+    servers (bubblewrap; cgroups when the hub is root, unless
+    ``Sandbox.require_cgroups`` is False) and the sandbox uids must reach the
+    environments directory. Logs which limits this host enforces.
+    """
+    builder = EnvironmentBuilder(config=config)
+    sandbox = Sandbox(config=config, log=builder.log)
+    try:
+        sandbox.preflight()
+        os.makedirs(builder.envs_dir, mode=0o711, exist_ok=True)
+        sandbox.check_reachable(builder.envs_dir)
+    except SandboxUnavailable as e:
+        raise SystemExit(f"jupyterhub-binder local mode cannot start: {e}") from None
 
 
 class _SandboxedProcessSpawner(LocalProcessSpawner):
     """LocalProcessSpawner whose process runs in the sandbox instead of as a system user.
 
-    ``poll()`` / ``stop()`` / ``get_state()`` are LocalProcessSpawner's (by pid).
+    ``poll()`` / ``get_state()`` are LocalProcessSpawner's (by pid); ``stop()``
+    also removes the server's cgroup, so nothing it started survives.
     """
 
     sandbox = Instance(Sandbox)
@@ -62,9 +92,26 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
     def _default_sandbox(self):
         return Sandbox(parent=self)
 
-    #: set by prepare_launch: the environment to run and the home to mount
+    memory_check_interval = Float(
+        1.0,
+        help="""
+        Seconds between checks of a running server's cgroup for memory-limit kills.
+
+        When the kernel killed a process of the server for exceeding
+        ``Sandbox.memory_limit``, the whole server is stopped and the user is told
+        why. Default 1.
+        Example: ``c.LocalBinderSpawner.memory_check_interval = 2``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    #: set by prepare_launch: the environment to run
     _environment = None
-    _home = None
+    _cgroup = None
+    _watch = None
+    #: why the kernel or the spawner stopped the server, shown on the hub's pages
+    stop_reason = None
 
     def user_env(self, env):
         # LocalProcessSpawner looks the user up in /etc/passwd: anonymous users are not there
@@ -78,36 +125,84 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
         for name in HUB_ONLY_VARIABLES:
             env.pop(name, None)
         if self._environment is not None:
-            venv = self._environment.venv
+            venv = self._environment.sandbox_venv
             env["VIRTUAL_ENV"] = venv
             env["PATH"] = f"{venv}/bin:/usr/local/bin:/usr/bin:/bin"
         env.setdefault("LANG", "C.UTF-8")
-        # fewer malloc arenas: the address-space limit counts reserved memory
         env["MALLOC_ARENA_MAX"] = "2"
         return env
 
     def server_command(self):
-        """The server's command line inside the sandbox (without the sandbox wrapper)."""
+        """The server's command line inside the sandbox (without the sandbox wrapper).
+
+        The environment's interpreter first fills the home (as the server's
+        uid, from the read-only checkout), then execs the server, through the
+        repository's ``start`` as repo2docker does.
+        """
         environment = self._environment
         cmd = list(self.cmd) + self.get_args()
         if not os.path.isabs(cmd[0]):
-            cmd[0] = os.path.join(environment.venv, "bin", cmd[0])
+            cmd[0] = f"{environment.sandbox_venv}/bin/{cmd[0]}"
         if environment.start:
             # repo2docker: "start" runs first and ends with exec "$@"
-            cmd = [os.path.join(environment.repo_dir, environment.start), *cmd]
-        return cmd
+            cmd = [f"{environment.sandbox_repo}/{environment.start}", *cmd]
+        max_file = self.builder_home_max_file()
+        return [
+            f"{environment.sandbox_venv}/bin/python",
+            "-I",
+            "-S",
+            "-c",
+            HOMEINIT_SOURCE,
+            environment.sandbox_repo,
+            SANDBOX_HOME,
+            str(max_file),
+            "--",
+            *cmd,
+        ]
+
+    def builder_home_max_file(self):
+        return 0
+
+    def _cgroup_name(self):
+        return cgroup_name("server", self.user.id, self.name or "")
+
+    def _ro_binds(self):
+        environment = self._environment
+        binds = [(environment.path, ENV_MOUNT)]
+        if environment.python_prefix:
+            binds.append((environment.python_prefix, environment.python_prefix))
+        return binds
 
     async def start(self):
         if self.port == 0:
             self.port = random_port()
         environment = self._environment
+        self.stop_reason = None
+        if environment.home_bytes > self.sandbox.home_size:
+            raise spawn_error(
+                f"This repository has {_megabytes(environment.home_bytes)} of files to copy "
+                f"into a home of {_megabytes(self.sandbox.home_size)}. "
+                "It is too large to launch here.",
+                status_code=422,
+                reason="too-large",
+            )
         env = self.get_env()
+        try:
+            self._cgroup = await asyncio.to_thread(self.sandbox.create_cgroup, self._cgroup_name())
+        except SandboxUnavailable as e:
+            self.log.error("Cannot start %s: %s", self._log_name, e)
+            raise spawn_error(
+                "This hub cannot start servers right now; its administrator has been told.",
+                status_code=503,
+                reason="sandbox",
+            ) from None
         cmd = self.sandbox.command(
             self.server_command(),
             uid=self.sandbox.server_uid(self.user.id),
-            ro_binds=[(environment.path, environment.path)],
-            rw_binds=[(self._home, SANDBOX_HOME)],
-            chdir=SANDBOX_HOME,
+            cgroup=self._cgroup,
+            ro_binds=self._ro_binds(),
+            home=SANDBOX_HOME,
+            chdir="/",
         )
         self.log.info("Spawning %s sandboxed from %s", self._log_name, environment.path)
         self.log.debug("Sandbox command: %s", cmd)
@@ -116,8 +211,16 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             cmd, env=env, start_new_session=True, **self.popen_kwargs
         )
         self.pid = self.proc.pid
+        self._start_watch()
         await self._wait_listening()
         return (self.ip or "127.0.0.1", self.port)
+
+    def _memory_message(self):
+        return (
+            f"Your server was stopped because it used more than its memory limit of "
+            f"{_gigabytes(self.sandbox.memory_limit)}. Start it again, and use less memory "
+            "(smaller data, fewer processes)."
+        )
 
     async def _wait_listening(self):
         """Wait until the server listens, failing at once if it exits first.
@@ -131,6 +234,20 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
         while loop.time() < deadline:
             status = self.proc.poll()
             if status is not None:
+                if self._cgroup is not None and self._cgroup.oom_kills():
+                    raise spawn_error(
+                        f"The server used more than its memory limit of "
+                        f"{_gigabytes(self.sandbox.memory_limit)} while starting.",
+                        status_code=500,
+                        reason="memory",
+                    )
+                if status == homeinit.HOME_FULL:
+                    raise spawn_error(
+                        "The repository's files do not fit in a session's home of "
+                        f"{_megabytes(self.sandbox.home_size)}.",
+                        status_code=422,
+                        reason="too-large",
+                    )
                 raise spawn_error(
                     f"The server exited with status {status} while starting. "
                     "Check the repository's start script and requirements.",
@@ -140,10 +257,68 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             try:
                 _, writer = await asyncio.open_connection(self.ip or "127.0.0.1", self.port)
             except OSError:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
                 continue
             writer.close()
             return
+
+    # -- memory limit --------------------------------------------------------------
+
+    def _start_watch(self):
+        if self._cgroup is None or (self._watch is not None and not self._watch.done()):
+            return
+        self._watch = asyncio.ensure_future(self._watch_memory(self._cgroup))
+
+    async def _watch_memory(self, cgroup):
+        """Stop the whole server once the kernel killed one of its processes for memory.
+
+        cgroup v1 kills one process (often a kernel) and leaves the rest;
+        a server past its limit is stopped as a whole, like an OOM-killed
+        pod, and the reason is kept for the hub's pages.
+        """
+        while True:
+            await asyncio.sleep(self.memory_check_interval)
+            if cgroup is not self._cgroup:
+                return
+            if not cgroup.oom_kills():
+                continue
+            self.stop_reason = self._memory_message()
+            self.log.warning(
+                "Stopping %s: it exceeded its memory limit (%d bytes, peak %d)",
+                self._log_name,
+                self.sandbox.memory_limit,
+                cgroup.memory_peak(),
+            )
+            await asyncio.to_thread(cgroup.kill)
+            with contextlib.suppress(Exception):
+                await self.poll_and_notify()
+            return
+
+    async def poll(self):
+        status = await super().poll()
+        if status is None:
+            if self._cgroup is None and self._environment is not None:
+                # a restarted hub: find the running server's cgroup again
+                self._cgroup = await asyncio.to_thread(
+                    self.sandbox.existing_cgroup, self._cgroup_name()
+                )
+            self._start_watch()
+        return status
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        finally:
+            cgroup = self._cgroup or (
+                self._environment is not None
+                and await asyncio.to_thread(self.sandbox.existing_cgroup, self._cgroup_name())
+            )
+            self._cgroup = None
+            if self._watch is not None:
+                self._watch.cancel()
+                self._watch = None
+            if cgroup:
+                await asyncio.to_thread(cgroup.remove)
 
 
 class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
@@ -164,21 +339,8 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
     def _default_builder(self):
         return EnvironmentBuilder.instance(config=self.config, log=self.log)
 
-    homes_dir = Unicode(
-        help="""
-        Directory holding the home of each running server: a fresh copy of the
-        repository, deleted when the server stops.
-
-        Default ``binder-local/homes`` in the hub's working directory.
-        Example: ``c.LocalBinderSpawner.homes_dir = "/srv/binder/homes"``
-
-        .. versionadded:: 0.1
-        """,
-    ).tag(config=True)
-
-    @default("homes_dir")
-    def _default_homes_dir(self):
-        return os.path.abspath(os.path.join("binder-local", "homes"))
+    def builder_home_max_file(self):
+        return self.builder.home_max_file
 
     @default("default_url")
     def _default_default_url(self):
@@ -220,9 +382,6 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
 
     async def _use_environment(self, environment):
         self._environment = environment
-        self._home = os.path.join(self.homes_dir, _home_name(self.user.name, self.name or ""))
-        uid = self.sandbox.server_uid(self.user.id)
-        await asyncio.to_thread(_fresh_home, environment.repo_dir, self._home, uid, self.sandbox)
         self.builder.acquire(environment.key)
         self.launch_state["environment_key"] = environment.key
 
@@ -242,7 +401,3 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
             environment, self._environment = self._environment, None
             if environment is not None:
                 self.builder.release(environment.key)
-            home = self._home or os.path.join(
-                self.homes_dir, _home_name(self.user.name, self.name or "")
-            )
-            await asyncio.to_thread(shutil.rmtree, home, True)

@@ -1,18 +1,29 @@
-"""Local mode's builder: a repository at one commit -> a Python environment on disk.
+"""Local mode's builder: a repository at one commit -> a sealed Python environment on disk.
 
 Each environment lives in ``envs_dir/KEY`` (the clone in ``repo/``, the virtual
 environment in ``venv/``). It is built once per (repository, commit, JupyterHub
 version) with ``uv`` and a shared download cache, following the rules of
 :mod:`binder_spawner.localplan`; concurrent launches of the same commit follow
-one build (an in-process task, plus a lock file for other processes), and the
-environment is reused until the disk budget evicts it, least recently used
-first. Every build step runs in the sandbox (:mod:`binder_spawner.sandbox`) as
-the build uid, with only that environment and the download cache writable.
+one build (an in-process task, plus a lock file for other processes), at most
+``max_concurrent_builds`` run at once, and a build nobody waits for any more
+is cancelled after ``abandoned_build_grace``. Every build step runs in the
+sandbox (:mod:`binder_spawner.sandbox`) as the build uid, in the build's
+cgroup, with only that environment (mounted at :data:`ENV_MOUNT`) and the
+download cache writable.
+
+The trust boundary: while it is built, the environment is the build uid's,
+so root treats it as hostile. Root reads the repository's configuration only
+through descriptors that follow no link; after the last step it kills what is
+left in the build's cgroup and seals the tree (:func:`binder_spawner.seal.seal`:
+root-owned, read-only, no links into the hub's directories). Root's own
+bookkeeping (the marker that says an environment is finished, locks, last
+use) lives in ``meta_dir``, which no sandbox ever mounts.
 """
 
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -24,10 +35,12 @@ from pathlib import Path
 
 import jupyterhub
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Bool, Enum, Instance, Integer, List, Unicode, default
+from traitlets import Bool, Enum, Instance, Integer, List, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
+from traitlets.traitlets import TraitError
 
 from . import gitref
+from .cgroups import cgroup_name
 from .localplan import (
     UnsupportedRepository,
     environment_key,
@@ -36,9 +49,17 @@ from .localplan import (
     select_evictions,
     version_tuple,
 )
-from .sandbox import Sandbox
+from .sandbox import TRUSTED_PATH, Sandbox, SandboxUnavailable, trusted_which
+from .seal import SealError, chown_tree, seal
 
-MARKER = ".binder-env.json"
+# Where an environment and the download cache appear inside every sandbox. The
+# venv is built there and used there, so its scripts and the build log name
+# these paths, never the hub's directories.
+ENV_MOUNT = "/srv/binder"
+CACHE_MOUNT = "/srv/cache"
+
+# how long an unknown commit of a repository is remembered (one fetch, not one per launch)
+MISSING_COMMIT_SECONDS = 600
 
 
 class BuildError(Exception):
@@ -52,7 +73,11 @@ class BuildError(Exception):
 
 @dataclass
 class Environment:
-    """A built environment: where it is and how to start a server from it."""
+    """A built, sealed environment: where it is and how to start a server from it.
+
+    ``path`` is on the host; inside a sandbox the environment is at
+    :data:`ENV_MOUNT` (``sandbox_venv``, ``sandbox_repo``).
+    """
 
     key: str
     path: str
@@ -60,6 +85,10 @@ class Environment:
     start: str | None = None
     warnings: list = field(default_factory=list)
     size: int = 0
+    #: bytes a home gets copies of (the checkout without .git and large files)
+    home_bytes: int = 0
+    #: the base interpreter's prefix, mounted read-only when not a system path
+    python_prefix: str | None = None
 
     @property
     def venv(self):
@@ -69,33 +98,25 @@ class Environment:
     def repo_dir(self):
         return os.path.join(self.path, "repo")
 
-
-def _make_executable(repo, relpath):
-    """chmod +x a script of the checkout (as root: never through a link out of it)."""
-    base = os.path.realpath(repo)
-    path = os.path.realpath(os.path.join(base, relpath))
-    if path.startswith(base + os.sep) and os.path.isfile(path):
-        os.chmod(path, 0o755)
-
-
-def _dir_size(path):
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
+    sandbox_venv = ENV_MOUNT + "/venv"
+    sandbox_repo = ENV_MOUNT + "/repo"
 
 
 class BuildTask:
-    """One running (or finished) build; any number of launches follow it."""
+    """One running (or finished) build; any number of launches follow it.
 
-    def __init__(self, key, tail_lines):
+    ``followers`` counts launches following it now; when it drops to zero
+    the builder starts the abandoned-build timer.
+    """
+
+    def __init__(self, key, tail_lines, on_idle=None):
         self.key = key
         self.lines = []
         self.tail = deque(maxlen=tail_lines)
         self.future = asyncio.get_running_loop().create_future()
         self.runner = None
+        self.followers = 0
+        self._on_idle = on_idle
         self._changed = asyncio.Event()
 
     def add_line(self, line):
@@ -104,6 +125,8 @@ class BuildTask:
         self._changed.set()
 
     def finish(self, result=None, error=None):
+        if self.future.done():
+            return
         if error is not None:
             self.future.set_exception(error)
         else:
@@ -115,14 +138,20 @@ class BuildTask:
     async def follow(self):
         """Yield every log line from the start, then new ones, until the build ends."""
         sent = 0
-        while True:
-            self._changed.clear()
-            while sent < len(self.lines):
-                yield self.lines[sent]
-                sent += 1
-            if self.future.done():
-                return
-            await self._changed.wait()
+        self.followers += 1
+        try:
+            while True:
+                self._changed.clear()
+                while sent < len(self.lines):
+                    yield self.lines[sent]
+                    sent += 1
+                if self.future.done():
+                    return
+                await self._changed.wait()
+        finally:
+            self.followers -= 1
+            if self.followers == 0 and not self.future.done() and self._on_idle:
+                self._on_idle(self)
 
     async def result(self):
         return await asyncio.shield(self.future)
@@ -177,7 +206,90 @@ class EnvironmentBuilder(SingletonConfigurable):
     @default("uv_path")
     def _default_uv_path(self):
         local = Path(sys.executable).parent / "uv"
-        return str(local) if local.exists() else (shutil.which("uv") or "uv")
+        return str(local) if local.exists() else (trusted_which("uv") or "/usr/local/bin/uv")
+
+    @validate("uv_path", "git_path")
+    def _validate_program(self, proposal):
+        if not os.path.isabs(proposal.value):
+            raise TraitError(
+                f"EnvironmentBuilder.{proposal.trait.name} must be an absolute path, "
+                f"got {proposal.value!r}"
+            )
+        return proposal.value
+
+    git_path = Unicode(
+        help="""
+        The ``git`` executable that clones repositories (in the sandbox), an absolute path.
+
+        Default: ``git`` in the system directories (``/usr/bin/git``).
+        Example: ``c.EnvironmentBuilder.git_path = "/usr/local/bin/git"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("git_path")
+    def _default_git_path(self):
+        return trusted_which("git") or "/usr/bin/git"
+
+    meta_dir = Unicode(
+        help="""
+        Root's own directory for the builder's bookkeeping: which environments are
+        finished (markers), their sizes and last use, and build locks.
+
+        Never mounted in a sandbox and private to the hub's user (mode 0700).
+        Default: ``meta`` beside ``envs_dir``.
+        Example: ``c.EnvironmentBuilder.meta_dir = "/var/lib/binder/meta"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("meta_dir")
+    def _default_meta_dir(self):
+        return os.path.join(os.path.dirname(os.path.abspath(self.envs_dir)), "meta")
+
+    max_concurrent_builds = Integer(
+        help="""
+        How many builds may run at once; later ones wait (and say so on the progress page).
+
+        Default: the number of CPU cores.
+        Example: ``c.EnvironmentBuilder.max_concurrent_builds = 2``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("max_concurrent_builds")
+    def _default_max_concurrent_builds(self):
+        return os.cpu_count() or 1
+
+    abandoned_build_grace = Integer(
+        60,
+        help="""
+        Seconds a build goes on after the last launch waiting for it went away.
+
+        A visitor who closes the page or stops the launch leaves the build
+        without a follower; if nobody follows it again within this time, it is
+        cancelled and its files removed. Default 60.
+        Example: ``c.EnvironmentBuilder.abandoned_build_grace = 300``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    home_max_file = ByteSpecification(
+        20 * 1024**2,
+        help="""
+        Files of the repository larger than this are not copied into each home.
+
+        They appear in the home as links to the environment's read-only copy:
+        readable, not writable. Default 20 MB.
+        Example: ``c.EnvironmentBuilder.home_max_file = "100M"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
 
     installer = Enum(
         ["uv", "pip"],
@@ -242,7 +354,7 @@ class EnvironmentBuilder(SingletonConfigurable):
         help="""
         Seconds one build step (clone, install, postBuild) may take before it is killed.
 
-        Default 1800 (30 minutes).
+        Shown on the progress page when a build starts. Default 1800 (30 minutes).
         Example: ``c.EnvironmentBuilder.build_timeout = 600``
 
         .. versionadded:: 0.1
@@ -290,6 +402,9 @@ class EnvironmentBuilder(SingletonConfigurable):
         self._in_use = {}
         # (monotonic time, {version: executable}): asking uv takes seconds
         self._pythons = None
+        self._slots = asyncio.Semaphore(self.max_concurrent_builds)
+        # (repo_url, commit) -> monotonic time a fetch found no such commit
+        self._missing = {}
 
     # -- public API -----------------------------------------------------------
 
@@ -298,13 +413,17 @@ class EnvironmentBuilder(SingletonConfigurable):
             repo_url, commit, f"{self.installer} {' '.join(self.jupyter_packages)}"
         )
 
+    def _marker(self, key):
+        return os.path.join(self.meta_dir, f"{key}.json")
+
     def load(self, key):
-        """The finished environment ``key``, or None."""
-        marker = os.path.join(self.envs_dir, key, MARKER)
+        """The finished environment ``key``, or None (read from root's own directory)."""
         try:
-            with open(marker) as f:
+            with open(self._marker(key)) as f:
                 data = json.load(f)
         except (OSError, ValueError):
+            return None
+        if not os.path.isdir(os.path.join(self.envs_dir, key)):
             return None
         return Environment(**data)
 
@@ -320,7 +439,7 @@ class EnvironmentBuilder(SingletonConfigurable):
         task = self._tasks.get(key)
         if task is not None and not (task.future.done() and task.future.exception()):
             return task
-        task = BuildTask(key, self.tail_lines)
+        task = BuildTask(key, self.tail_lines, on_idle=self._abandoned)
         self._tasks[key] = task
         # kept on the task: the event loop holds only weak references to running tasks
         task.runner = asyncio.ensure_future(self._run_build(task, repo_url, commit, git_config))
@@ -342,11 +461,30 @@ class EnvironmentBuilder(SingletonConfigurable):
 
     def _touch(self, key):
         with contextlib.suppress(OSError):
-            os.utime(os.path.join(self.envs_dir, key, MARKER))
+            os.utime(self._marker(key))
+
+    def _abandoned(self, task):
+        """The last launch following ``task`` went away: cancel it unless one comes back."""
+
+        async def cancel_later():
+            await asyncio.sleep(self.abandoned_build_grace)
+            if task.followers == 0 and not task.future.done() and task.runner is not None:
+                self.log.info(
+                    "Cancelling build %s: nobody has waited for it for %ss",
+                    task.key,
+                    self.abandoned_build_grace,
+                )
+                task.runner.cancel()
+
+        # a strong reference on the task, as for the runner
+        task.canceller = asyncio.ensure_future(cancel_later())
 
     async def _run_build(self, task, repo_url, commit, git_config=None):
         try:
             env = await self._build_locked(task, repo_url, commit, git_config)
+        except asyncio.CancelledError:
+            task.finish(error=BuildError("The build was cancelled: nobody was waiting for it."))
+            self._tasks.pop(task.key, None)
         except Exception as e:  # delivered to every follower of the task
             if not isinstance(e, (BuildError, UnsupportedRepository)):
                 self.log.exception("Build of %s@%s failed unexpectedly", repo_url, commit)
@@ -359,142 +497,186 @@ class EnvironmentBuilder(SingletonConfigurable):
             self._tasks.pop(task.key, None)
 
     async def _build_locked(self, task, repo_url, commit, git_config=None):
-        os.makedirs(self.envs_dir, mode=0o711, exist_ok=True)
-        lock_path = os.path.join(self.envs_dir, f".{task.key}.lock")
+        missing = self._missing.get((repo_url, commit))
+        if missing is not None and time.monotonic() - missing < MISSING_COMMIT_SECONDS:
+            raise BuildError(
+                f"The commit {commit[:12]} does not exist in {repo_url}. "
+                "Check the link: a branch, tag or full commit of the repository."
+            )
+        await asyncio.to_thread(self._make_meta_dir)
+        lock_path = os.path.join(self.meta_dir, f"{task.key}.lock")
         # another hub process (or a restarted one) may be building the same key
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
             env = self.load(task.key)
             if env is not None:
                 self._touch(task.key)
                 return env
-            env = await self._build(task, repo_url, commit, git_config)
+            if self._slots.locked():
+                task.add_line(
+                    f"Waiting for a build slot ({self.max_concurrent_builds} builds run at once)"
+                )
+            async with self._slots:
+                env = await self._build(task, repo_url, commit, git_config)
         finally:
             os.close(fd)
-        self._evict(keep={task.key})
+        await asyncio.to_thread(self._evict, {task.key})
         return env
 
+    def _make_meta_dir(self):
+        os.makedirs(self.meta_dir, mode=0o700, exist_ok=True)
+        st = os.lstat(self.meta_dir)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            os.chmod(self.meta_dir, 0o700)
+
     def _prepare(self, path):
-        if os.path.exists(path):  # an earlier attempt that did not finish
+        """A fresh, empty environment directory owned by the build uid."""
+        self.sandbox.preflight()
+        os.makedirs(self.envs_dir, mode=0o711, exist_ok=True)
+        self.sandbox.check_reachable(self.envs_dir)
+        if os.path.lexists(path):
+            # an earlier attempt that did not finish; rmtree never follows links
             shutil.rmtree(path)
-        os.makedirs(path, mode=0o755)
-        os.makedirs(self.cache_dir, mode=0o711, exist_ok=True)
-        self.sandbox.check_reachable(path)
+        os.mkdir(path, 0o755)
         uid = self.sandbox.build_uid()
-        self.sandbox.chown(path, uid)
-        if uid is not None and os.stat(self.cache_dir).st_uid != uid:
+        if uid is not None:
+            os.chown(path, uid, uid)
+        if not os.path.isdir(self.cache_dir):
+            os.makedirs(self.cache_dir, mode=0o711)
+            if uid is not None:
+                os.chown(self.cache_dir, uid, uid)
+        elif uid is not None and os.stat(self.cache_dir).st_uid != uid:
             # once, for a cache made by someone else; later files are the build uid's own
-            self.sandbox.chown(self.cache_dir, uid)
+            chown_tree(self.cache_dir, uid)
         return uid
 
-    def _finish(self, path, env):
-        env.size = _dir_size(path)
-        with open(os.path.join(path, MARKER), "w") as f:
+    def _seal(self, path):
+        forbidden = [
+            os.path.abspath(d)
+            for d in (self.envs_dir, self.meta_dir, self.cache_dir, os.path.dirname(self.envs_dir))
+        ]
+        return seal(path, forbidden=forbidden, home_max_file=self.home_max_file)
+
+    def _write_marker(self, env):
+        marker = self._marker(env.key)
+        tmp = f"{marker}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(asdict(env), f)
+        os.replace(tmp, marker)
 
     async def _build(self, task, repo_url, commit, git_config=None):
         path = os.path.join(self.envs_dir, task.key)
-        uid = await asyncio.to_thread(self._prepare, path)
+        try:
+            uid = await asyncio.to_thread(self._prepare, path)
+        except SandboxUnavailable as e:
+            self.log.error("Local mode cannot build: %s", e)
+            raise BuildError(
+                "This hub cannot build environments right now; its administrator has been told."
+            ) from None
+        cgroup = await asyncio.to_thread(
+            self.sandbox.create_cgroup, cgroup_name("build", task.key), build=True
+        )
         started = time.monotonic()
         self.log.info("Building %s at %s into %s", repo_url, commit, path)
+        task.add_line(
+            f"Building {repo_url} at {commit[:12]}; each step may take up to "
+            f"{_duration(self.build_timeout)}"
+        )
         try:
-            env = await self._build_steps(task, path, repo_url, commit, uid, git_config)
-            await asyncio.to_thread(self._finish, path, env)
+            env = await self._build_steps(task, path, repo_url, commit, uid, git_config, cgroup)
+            sealed_at = time.monotonic()
+            if cgroup is not None:
+                # nothing of the build may run while root seals what it wrote
+                await asyncio.to_thread(cgroup.kill)
+            try:
+                report = await asyncio.to_thread(self._seal, path)
+            except SealError as e:
+                raise BuildError(
+                    f"The build left something unsafe in the environment: {e}."
+                ) from None
+            env.size, env.home_bytes = report.size, report.home_bytes
+            await asyncio.to_thread(self._write_marker, env)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, path, True)
             raise
+        finally:
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
         self.log.info(
-            "Built %s at %s in %.1fs (%d MB)",
+            "Built %s at %s in %.1fs (sealed in %.2fs, %d MB, %d files)",
             repo_url,
             commit,
             time.monotonic() - started,
+            time.monotonic() - sealed_at,
             env.size // 2**20,
+            report.files,
         )
         return env
 
-    async def _build_steps(self, task, path, repo_url, commit, uid, git_config=None):
+    async def _build_steps(self, task, path, repo_url, commit, uid, git_config, cgroup):
         repo = os.path.join(path, "repo")
-        venv = os.path.join(path, "venv")
+        repo_in = Environment.sandbox_repo
+        venv_in = Environment.sandbox_venv
+        run = functools.partial(self._step, task, path, uid, cgroup=cgroup)
         task.add_line(f"Cloning {repo_url} at {commit}")
-        await self._clone(task, path, repo_url, commit, uid, git_config)
-        plan = plan_build(repo)
+        await self._clone(run, task, repo_url, commit, git_config)
+        plan = await asyncio.to_thread(plan_build, repo)
         python, version, warnings = await self._choose_python(plan.python_version)
         for warning in warnings:
             task.add_line(f"Warning: {warning}")
         extra = [os.path.dirname(os.path.dirname(python))]
         task.add_line(f"Creating a Python {version} environment")
         if self.installer == "uv":
-            await self._step(
-                task, path, uid, [self.uv_path, "venv", "--python", python, venv], extra=extra
-            )
-            install = [
-                self.uv_path,
-                "pip",
-                "install",
-                "--python",
-                os.path.join(venv, "bin", "python"),
-            ]
+            await run([self.uv_path, "venv", "--python", python, venv_in], extra=extra)
+            install = [self.uv_path, "pip", "install", "--python", venv_in + "/bin/python"]
         else:
-            await self._step(task, path, uid, [python, "-m", "venv", venv], extra=extra)
-            install = [
-                os.path.join(venv, "bin", "python"),
-                "-m",
-                "pip",
-                "install",
-                "--progress-bar",
-                "off",
-            ]
+            await run([python, "-m", "venv", venv_in], extra=extra)
+            install = [venv_in + "/bin/python", "-m", "pip", "install", "--progress-bar", "off"]
         args = list(self.jupyter_packages)
         if plan.requirements:
             args += ["-r", plan.requirements]
         if plan.install_repo:
             args.append(".")
         task.add_line("Installing " + " ".join(args))
-        await self._step(task, path, uid, install + args, cwd=repo, extra=extra)
+        await run(install + args, cwd=repo_in, extra=extra)
+        # as repo2docker: chmod +x binder/postBuild and binder/start, as the build uid
+        scripts = [s for s in (plan.post_build, plan.start) if s]
+        if scripts:
+            await run(["/bin/chmod", "+x", "--", *scripts], cwd=repo_in)
         if plan.post_build:
             task.add_line(f"Running {plan.post_build}")
-            script = os.path.join(repo, plan.post_build)
-            await asyncio.to_thread(_make_executable, repo, plan.post_build)
-            await self._step(task, path, uid, [script], cwd=repo, home=repo, extra=extra)
-        if plan.start:
-            # as repo2docker does (chmod +x of binder/start in its Dockerfile)
-            await asyncio.to_thread(_make_executable, repo, plan.start)
+            await run([f"{repo_in}/{plan.post_build}"], cwd=repo_in, home=repo_in, extra=extra)
+        prefix = extra[0]
         return Environment(
             key=task.key,
             path=path,
             python_version=version,
             start=plan.start,
             warnings=warnings,
+            python_prefix=prefix if prefix in self._tool_mounts([prefix]) else None,
         )
 
-    async def _clone(self, task, path, repo_url, commit, uid, git_config=None):
+    async def _clone(self, run, task, repo_url, commit, git_config=None):
         if git_config is None:
             git_config = gitref.safe_config(allowed_schemes=("http", "https"))
         git = [
-            "git",
+            self.git_path,
             *gitref.config_args(git_config),
             "-c",
             "core.hooksPath=/dev/null",
             "-c",
             "advice.detachedHead=false",
         ]
-        repo = os.path.join(path, "repo")
-        await self._step(task, path, uid, [*git, "init", "-q", repo])
+        repo = Environment.sandbox_repo
+        await run([*git, "init", "-q", repo])
         try:
-            await self._step(
-                task,
-                path,
-                uid,
-                [*git, "-C", repo, "fetch", "-q", "--depth", "1", "--", repo_url, commit],
-            )
+            await run([*git, "-C", repo, "fetch", "-q", "--depth", "1", "--", repo_url, commit])
         except BuildError:
             # servers that refuse fetching a commit by id: fetch everything instead
             task.add_line("Fetching the whole history instead")
-            await self._step(
-                task,
-                path,
-                uid,
+            await run(
                 [
                     *git,
                     "-C",
@@ -505,26 +687,34 @@ class EnvironmentBuilder(SingletonConfigurable):
                     repo_url,
                     "+refs/heads/*:refs/heads/*",
                     "+refs/tags/*:refs/tags/*",
-                ],
+                ]
             )
-            await self._step(
-                task, path, uid, [*git, "-C", repo, "update-ref", "FETCH_HEAD", commit]
-            )
-        await self._step(task, path, uid, [*git, "-C", repo, "checkout", "-q", "--detach", commit])
+            try:
+                await run([*git, "-C", repo, "update-ref", "FETCH_HEAD", commit])
+            except BuildError:
+                # the whole history came and the commit is not in it: remember that
+                self._missing[(repo_url, commit)] = time.monotonic()
+                raise BuildError(
+                    f"The commit {commit[:12]} does not exist in {repo_url}. "
+                    "Check the link: a branch, tag or full commit of the repository."
+                ) from None
+        await run([*git, "-C", repo, "checkout", "-q", "--detach", commit])
 
-    def _step_env(self, path, home):
+    def _step_env(self, home):
         env = {
-            "PATH": f"{os.path.join(path, 'venv', 'bin')}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{Environment.sandbox_venv}/bin:/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
             "LANG": "C.UTF-8",
-            "VIRTUAL_ENV": os.path.join(path, "venv"),
+            "VIRTUAL_ENV": Environment.sandbox_venv,
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_ALLOW_PROTOCOL": "http:https",
-            "UV_CACHE_DIR": os.path.join(self.cache_dir, "uv"),
-            "PIP_CACHE_DIR": os.path.join(self.cache_dir, "pip"),
+            "UV_CACHE_DIR": CACHE_MOUNT + "/uv",
+            "PIP_CACHE_DIR": CACHE_MOUNT + "/pip",
             "UV_PYTHON_DOWNLOADS": "never",
             "UV_LINK_MODE": self.link_mode,
             "UV_NO_PROGRESS": "1",
+            # servers start from a read-only environment: compile now, not at every start
+            "UV_COMPILE_BYTECODE": "1",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "MALLOC_ARENA_MAX": "2",
         }
@@ -547,21 +737,27 @@ class EnvironmentBuilder(SingletonConfigurable):
         return env
 
     def _tool_mounts(self, extra):
-        """Read-only mounts for uv and the base interpreter, unless system paths hold them."""
-        tools = {os.path.dirname(os.path.realpath(self.uv_path)), *extra}
+        """Read-only mounts for uv, git and the base interpreter, unless system paths hold them."""
+        tools = {
+            os.path.dirname(os.path.realpath(self.uv_path)),
+            os.path.dirname(os.path.realpath(self.git_path)),
+            *extra,
+        }
         system = self.sandbox.system_paths
         return sorted(
             p for p in tools if not any(p == s or p.startswith(s.rstrip("/") + "/") for s in system)
         )
 
-    async def _step(self, task, path, uid, argv, *, cwd=None, home="/tmp", extra=()):
+    async def _step(self, task, path, uid, argv, *, cgroup=None, cwd=None, home="/tmp", extra=()):
         """Run one build step in the sandbox, streaming its output into ``task``."""
         cmd = self.sandbox.command(
             argv,
             uid=uid,
+            cgroup=cgroup,
             extra_ro_paths=self._tool_mounts(extra),
-            rw_binds=[(path, path), (self.cache_dir, self.cache_dir)],
-            chdir=cwd or path,
+            rw_binds=[(path, ENV_MOUNT), (self.cache_dir, CACHE_MOUNT)],
+            chdir=cwd or ENV_MOUNT,
+            build=True,
         )
         self.log.debug("Build step: %s", argv)
         proc = await asyncio.create_subprocess_exec(
@@ -569,7 +765,7 @@ class EnvironmentBuilder(SingletonConfigurable):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self._step_env(path, home),
+            env=self._step_env(home),
             start_new_session=True,
         )
 
@@ -580,23 +776,29 @@ class EnvironmentBuilder(SingletonConfigurable):
                     task.add_line(line)
             await proc.wait()
 
+        name = os.path.basename(argv[0])
         try:
             await asyncio.wait_for(read(), self.build_timeout)
         except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+            _kill_step(proc, cgroup)
             await proc.wait()
             raise BuildError(
-                f"The build step {os.path.basename(argv[0])} took longer than {self.build_timeout} seconds.",
+                f"The build step {name} took longer than {_duration(self.build_timeout)} "
+                "(the limit of one build step).",
                 task.tail,
             ) from None
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+            _kill_step(proc, cgroup)
             raise
         if proc.returncode != 0:
+            if cgroup is not None and cgroup.oom_kills():
+                raise BuildError(
+                    f"The build ran out of memory: it may use "
+                    f"{self.sandbox.build_memory_limit / 1024**3:.3g} GB.",
+                    task.tail,
+                )
             raise BuildError(
-                f"The build failed: {os.path.basename(argv[0])} exited with status {proc.returncode}.",
+                f"The build failed: {name} exited with status {proc.returncode}.",
                 task.tail,
             )
 
@@ -613,7 +815,7 @@ class EnvironmentBuilder(SingletonConfigurable):
             "json",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "UV_PYTHON_DOWNLOADS": "never", **self._python_install_env()},
+            env=self._python_install_env(UV_PYTHON_DOWNLOADS="never"),
         )
         out, _ = await proc.communicate()
         return await asyncio.to_thread(self._usable_pythons, out)
@@ -633,13 +835,21 @@ class EnvironmentBuilder(SingletonConfigurable):
                 continue
             try:
                 self.sandbox.check_reachable(os.path.dirname(os.path.dirname(real)))
-            except RuntimeError:
+            except SandboxUnavailable:
                 continue  # e.g. under /root: a sandbox uid could not run it
             found.setdefault(version, real)
         return found
 
-    def _python_install_env(self):
-        return {"UV_PYTHON_INSTALL_DIR": os.path.join(os.path.dirname(self.envs_dir), "python")}
+    def _python_install_env(self, **extra):
+        """uv's environment when root asks it about interpreters: a trusted PATH only."""
+        env = {k: v for k, v in os.environ.items() if k.endswith("_PROXY") or k.endswith("_proxy")}
+        env.update(
+            PATH=TRUSTED_PATH,
+            HOME=os.environ.get("HOME", "/"),
+            UV_PYTHON_INSTALL_DIR=os.path.join(os.path.dirname(self.envs_dir), "python"),
+            **extra,
+        )
+        return env
 
     async def _download_python(self, version):
         proc = await asyncio.create_subprocess_exec(
@@ -649,7 +859,7 @@ class EnvironmentBuilder(SingletonConfigurable):
             version,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, **self._python_install_env()},
+            env=self._python_install_env(),
         )
         try:
             await asyncio.wait_for(proc.wait(), 120)
@@ -690,22 +900,38 @@ class EnvironmentBuilder(SingletonConfigurable):
     def _evict(self, keep=()):
         entries = []
         try:
-            names = os.listdir(self.envs_dir)
+            names = os.listdir(self.meta_dir)
         except FileNotFoundError:
             return []
         for name in names:
-            env = self.load(name)
+            if not name.endswith(".json"):
+                continue
+            key = name[: -len(".json")]
+            env = self.load(key)
             if env is None:
                 continue
-            mtime = os.stat(os.path.join(self.envs_dir, name, MARKER)).st_mtime
-            entries.append((name, env.size, mtime))
+            mtime = os.stat(self._marker(key)).st_mtime
+            entries.append((key, env.size, mtime))
         keep = set(keep) | set(self._in_use) | set(self._tasks)
         evicted = select_evictions(entries, self.disk_budget, keep)
         for key in evicted:
             self.log.info("Evicting environment %s (disk budget %d bytes)", key, self.disk_budget)
-            path = os.path.join(self.envs_dir, key)
             # the marker goes first, so a half-deleted environment is never reused
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(path, MARKER))
-            shutil.rmtree(path, ignore_errors=True)
+                os.unlink(self._marker(key))
+            shutil.rmtree(os.path.join(self.envs_dir, key), ignore_errors=True)
         return evicted
+
+
+def _kill_step(proc, cgroup):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 9)
+    if cgroup is not None:
+        cgroup.kill()
+
+
+def _duration(seconds):
+    if seconds % 60 == 0 and seconds >= 60:
+        minutes = seconds // 60
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds} seconds"

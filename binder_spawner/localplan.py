@@ -18,6 +18,7 @@ the Kubernetes mode.
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 try:
@@ -64,12 +65,34 @@ class BuildPlan:
 
 
 def _read_config(repo_dir, relpath):
-    """Text of a small config file inside ``repo_dir``, or None; never follows links out of it."""
-    base = os.path.realpath(repo_dir)
-    path = os.path.realpath(os.path.join(base, relpath))
-    if not path.startswith(base + os.sep) or not os.path.isfile(path):
+    """Text of a small config file inside ``repo_dir``, or None.
+
+    The checkout was written by the build uid: root opens each component
+    relative to its parent's descriptor and follows no link at all, so a
+    link (or a directory swapped for one) cannot make root read anything
+    outside the checkout.
+    """
+    parts = [p for p in relpath.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
         return None
-    with open(path, "rb") as f:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(repo_dir, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
         return f.read(MAX_CONFIG_FILE).decode("utf-8", "replace")
 
 

@@ -1,38 +1,46 @@
-"""The local-mode sandbox: run a command as an unprivileged uid inside bubblewrap.
+"""The local-mode sandbox: run a command as an unprivileged uid inside bubblewrap, with limits.
 
 Every build step and every user server of local mode runs through
 :meth:`Sandbox.command`, which wraps it as::
 
-    setpriv --reuid U --regid U --clear-groups --no-new-privs --   (only when the hub is root)
-      prlimit --as=MEM --nproc=N --core=0 --
-        bwrap --unshare-all --share-net --die-with-parent --new-session --cap-drop ALL
-              --ro-bind /usr /usr ... (system paths, read-only)
-              --ro-bind ENV ENV      (the one environment it needs, read-only)
-              --bind HOME /home/jovyan
-              --proc /proc --dev /dev --tmpfs /tmp
+    /hub/python -I -S sandbox_exec.py SPEC --      (joins the cgroup, sets rlimits,
+                                                     drops to uid U, no_new_privs)
+      /usr/bin/bwrap --unshare-all --unshare-user --disable-userns --share-net
+              --die-with-parent --new-session --cap-drop ALL --seccomp 3
+              --ro-bind /usr /usr ...   (system paths, read-only)
+              --ro-bind ENV ENV         (the one environment it needs, read-only)
+              --proc /proc --dev /dev   (/dev and / remounted read-only)
+              --size S --tmpfs /tmp, /run, /dev/shm, and the home
               -- COMMAND
 
 Inside, the process sees the system's programs and libraries, its own
 environment and its own home, and nothing else: the hub's directory, database
 and cookie secret, other users' homes and other environments are not mounted.
-Its pid, IPC, UTS and user namespaces are private; the network is shared,
-because the server must reach the hub and the proxy on loopback.
+Its pid, IPC, UTS, cgroup and user namespaces are private and it cannot make
+new user namespaces; the network is shared, because the server must reach
+the hub and the proxy on loopback.
 
-``bwrap`` runs unprivileged (it is not setuid on Debian): it relies on
-unprivileged user namespaces, so the uid outside the sandbox is the one
-``setpriv`` switched to. When the hub itself is not root, there is no uid to
-switch to and the server runs as the hub's uid; the mount namespace still
-hides the hub's files. The threat model is in the README.
+Every program is started by the absolute path resolved once here from a
+trusted ``PATH`` (:data:`TRUSTED_PATH`), never the child's: a repository's
+environment ``bin/`` cannot stand in for a helper that root runs. Memory
+(every process and every tmpfs page), the memory guarantee and the process
+count are the kernel's, through a cgroup per server and per build
+(:mod:`binder_spawner.cgroups`). The threat model is in the README.
 """
 
+import json
 import os
-import shutil
+import subprocess
+import sys
+from functools import lru_cache
 from pathlib import Path
 
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Integer, List, Unicode, default, validate
+from traitlets import Bool, Integer, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import TraitError
+
+from . import cgroups, seccomp
 
 # Where a sandboxed server finds its home. repo2docker images use /home/jovyan,
 # and notebooks written for Binder sometimes hard-code it.
@@ -42,6 +50,33 @@ SANDBOX_HOME = "/home/jovyan"
 # recreated as symlinks). /etc is world-readable on the host anyway; it gives
 # DNS, certificates, locale and the dynamic loader cache.
 DEFAULT_SYSTEM_PATHS = ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+
+# Where root looks for the programs it runs: system directories only, never
+# an environment's bin/ or the hub's working directory.
+TRUSTED_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+LAUNCHER = str(Path(__file__).with_name("sandbox_exec.py"))
+
+
+class SandboxUnavailable(Exception):
+    """Local mode cannot confine servers as configured on this host; the message says why."""
+
+
+def trusted_which(name, path=TRUSTED_PATH):
+    """Absolute path of ``name`` in the trusted system directories, or None.
+
+    A program is only taken from a root-owned file not writable by others, so
+    a helper that root executes cannot be a file a sandbox uid could write.
+    """
+    for directory in path.split(":"):
+        candidate = os.path.join(directory, name)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if os.access(candidate, os.X_OK) and st.st_uid == 0 and not st.st_mode & 0o022:
+            return candidate
+    return None
 
 
 def _system_binds(paths):
@@ -59,36 +94,33 @@ def sandbox_command(
     *,
     bwrap,
     uid=None,
-    memory_limit=0,
-    process_limit=0,
+    cgroup_procs=(),
+    rlimits=None,
+    seccomp_program=None,
+    disable_userns=True,
     system_paths=(),
     ro_binds=(),
     rw_binds=(),
+    tmpfs_size=0,
+    home=None,
+    home_size=0,
     chdir=None,
-    setpriv="setpriv",
-    prlimit="prlimit",
+    python=sys.executable,
+    launcher=LAUNCHER,
 ):
     """The full command line that runs ``argv`` sandboxed (pure; no I/O but symlink checks).
 
-    ``ro_binds`` / ``rw_binds`` are ``(source, destination)`` pairs; ``uid``
-    None means "stay the current uid" (the hub is not root).
+    ``ro_binds`` / ``rw_binds`` are ``(source, destination)`` pairs; ``home``
+    a path that gets an empty tmpfs of ``home_size`` bytes (owned by the
+    sandbox's uid); ``uid`` None means "stay the current uid" (the hub is not
+    root). Every program is an absolute path.
     """
-    cmd = []
-    if uid is not None:
-        cmd += [
-            setpriv,
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            "--no-new-privs",
-            "--",
-        ]
-    limits = ["--core=0"]
-    if memory_limit:
-        limits.append(f"--as={int(memory_limit)}")
-    if process_limit:
-        limits.append(f"--nproc={int(process_limit)}")
-    cmd += [prlimit, *limits, "--"]
+    if not os.path.isabs(bwrap) or not os.path.isabs(argv[0]):
+        raise ValueError(f"sandboxed programs need absolute paths: {bwrap!r}, {argv[0]!r}")
+    spec = {"cgroups": list(cgroup_procs), "rlimits": dict(rlimits or {}), "uid": uid}
+    if seccomp_program:
+        spec["seccomp"] = seccomp_program.hex()
+    cmd = [python, "-I", "-S", launcher, json.dumps(spec, separators=(",", ":")), "--"]
     cmd += [
         bwrap,
         "--unshare-all",
@@ -100,13 +132,24 @@ def sandbox_command(
         "--hostname",
         "binder",
     ]
+    if disable_userns:
+        cmd += ["--unshare-user", "--disable-userns"]
+    if seccomp_program:
+        cmd += ["--seccomp", "3"]
     cmd += _system_binds(system_paths)
+    size = ["--size", str(int(tmpfs_size))] if tmpfs_size else []
     # fresh /proc, /dev, /tmp first: binds below may live under /tmp
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    cmd += [*size, "--tmpfs", "/dev/shm", *size, "--tmpfs", "/tmp", *size, "--tmpfs", "/run"]
     for source, dest in ro_binds:
         cmd += ["--ro-bind", str(source), str(dest)]
     for source, dest in rw_binds:
         cmd += ["--bind", str(source), str(dest)]
+    if home:
+        cmd += ["--size", str(int(home_size))] if home_size else []
+        cmd += ["--perms", "0700", "--tmpfs", str(home)]
+    # the sandbox's own / and /dev are tmpfs too: nothing may be written there
+    cmd += ["--remount-ro", "/dev", "--remount-ro", "/"]
     if chdir:
         cmd += ["--chdir", str(chdir)]
     cmd += ["--", *argv]
@@ -122,14 +165,26 @@ def _searchable_by_others(path):
     return True
 
 
+@lru_cache(maxsize=8)
+def _bwrap_features(bwrap):
+    out = subprocess.run(
+        [bwrap, "--help"], capture_output=True, text=True, timeout=10, env={}
+    ).stdout
+    return frozenset(flag for flag in ("--disable-userns", "--seccomp", "--size") if flag in out)
+
+
+_CGROUP_HOSTS = {}
+
+
 class Sandbox(LoggingConfigurable):
-    """How local mode confines build steps and user servers (bubblewrap + rlimits)."""
+    """How local mode confines build steps and user servers (bubblewrap, cgroups, rlimits)."""
 
     bwrap_path = Unicode(
         help="""
-        The bubblewrap executable (Debian package ``bubblewrap``).
+        The bubblewrap executable (Debian package ``bubblewrap``), an absolute path.
 
-        Default: ``bwrap`` found on PATH, else ``/usr/bin/bwrap``.
+        Default: ``bwrap`` in the system directories (``/usr/bin/bwrap``), never
+        looked up on the hub's or a server's ``PATH``.
         Example: ``c.Sandbox.bwrap_path = "/usr/local/bin/bwrap"``
 
         .. versionadded:: 0.1
@@ -138,31 +193,157 @@ class Sandbox(LoggingConfigurable):
 
     @default("bwrap_path")
     def _default_bwrap_path(self):
-        return shutil.which("bwrap") or "/usr/bin/bwrap"
+        return trusted_which("bwrap") or "/usr/bin/bwrap"
+
+    @validate("bwrap_path")
+    def _validate_bwrap_path(self, proposal):
+        if not os.path.isabs(proposal.value):
+            raise TraitError(f"Sandbox.bwrap_path must be an absolute path, got {proposal.value!r}")
+        return proposal.value
 
     memory_limit = ByteSpecification(
         2 * 1024**3,
         help="""
-        Address-space limit (RLIMIT_AS) of every process in a server or build, in bytes.
+        Memory one server may use, all its processes and tmpfs files together, in bytes.
 
-        Accepts suffixes: ``"2G"``, ``"512M"``. Default 2 GB, as mybinder.org's
-        memory limit. 0 disables the limit.
+        Enforced by the kernel through the server's cgroup, like a pod's memory
+        limit: over it, the kernel kills the server and the user is told why.
+        Without cgroups (``require_cgroups = False``) it becomes a per-process
+        address-space limit (RLIMIT_AS). Accepts suffixes: ``"2G"``, ``"512M"``.
+        Default 2 GB, as mybinder.org. 0 disables the limit.
         Example: ``c.Sandbox.memory_limit = "4G"``
 
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
+    memory_guarantee = ByteSpecification(
+        1024**3,
+        help="""
+        Memory protected for each server when the host runs short, in bytes.
+
+        The cgroup's ``memory.low`` (v2) or ``memory.soft_limit_in_bytes`` (v1):
+        the kernel reclaims from servers above their guarantee first. Default
+        1 GB, as mybinder.org's memory guarantee.
+        Example: ``c.Sandbox.memory_guarantee = "512M"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    build_memory_limit = ByteSpecification(
+        4 * 1024**3,
+        help="""
+        Memory one build may use (every step, with its tmpfs files), in bytes.
+
+        Default 4 GB: installing large packages and ``postBuild`` steps such as
+        ``jupyter lab build`` need more than a server.
+        Example: ``c.Sandbox.build_memory_limit = "8G"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
     process_limit = Integer(
         512,
         help="""
-        Maximum number of processes and threads (RLIMIT_NPROC) of one sandbox uid.
+        Maximum number of processes and threads of one server or build.
 
-        Only meaningful when the hub runs as root, so that each server has a uid
-        of its own. Default 512; 0 disables the limit.
+        The cgroup's ``pids.max``, and RLIMIT_NPROC of its uid. Default 512;
+        0 disables the limit.
         Example: ``c.Sandbox.process_limit = 256``
 
         .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    home_size = ByteSpecification(
+        help="""
+        Size of a server's home, in bytes: a tmpfs filled with the repository at start.
+
+        Its files count against ``memory_limit`` like any tmpfs of the server.
+        A repository whose files (without ``.git`` and files over
+        ``EnvironmentBuilder.home_max_file``) exceed it is refused with a
+        message. Default: ``memory_limit``.
+        Example: ``c.Sandbox.home_size = "1G"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("home_size")
+    def _default_home_size(self):
+        return self.memory_limit
+
+    tmpfs_size = ByteSpecification(
+        help="""
+        Size of each of a sandbox's ``/tmp``, ``/run`` and ``/dev/shm``, in bytes.
+
+        Their files count against the memory limit of the server or build as
+        well. Default: ``memory_limit``.
+        Example: ``c.Sandbox.tmpfs_size = "512M"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("tmpfs_size")
+    def _default_tmpfs_size(self):
+        return self.memory_limit
+
+    require_cgroups = Bool(
+        True,
+        help="""
+        Refuse to run local mode as root when no cgroup can enforce the limits.
+
+        Without cgroups, memory is limited per process (address space) only: a
+        server can use its process limit times ``memory_limit``, and its tmpfs
+        files up to four times ``tmpfs_size``, of the host's memory. Set to
+        False to accept that (a single-user machine, a trusted audience).
+        Default True.
+        Example: ``c.Sandbox.require_cgroups = False``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    cgroup_root = Unicode(
+        cgroups.CGROUP_ROOT,
+        help="""
+        Where the cgroup file systems are mounted. Default ``/sys/fs/cgroup``.
+
+        Example: ``c.Sandbox.cgroup_root = "/sys/fs/cgroup"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    cgroup_parent = Unicode(
+        None,
+        allow_none=True,
+        help="""
+        The cgroup (path inside the hierarchy) below which servers' cgroups are made.
+
+        Default: the hub's own cgroup (from ``/proc/self/cgroup``); on cgroup v2
+        the hub's processes then move into a ``hub`` leaf so that the memory
+        and pids controllers can be delegated. Set it to a cgroup delegated to
+        the hub, e.g. by systemd's ``Delegate=yes``.
+        Example: ``c.Sandbox.cgroup_parent = "/system.slice/jupyterhub.service"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    seccomp = Bool(
+        True,
+        help="""
+        Load a seccomp filter in every sandbox (:mod:`binder_spawner.seccomp`).
+
+        It refuses kernel interfaces a notebook does not need (keyrings, BPF,
+        io_uring, the mount API, perf events, ...). Default True.
+        Example: ``c.Sandbox.seccomp = False``
+
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -217,33 +398,142 @@ class Sandbox(LoggingConfigurable):
     def server_uid(self, user_id):
         return self.uid_base + 1 + int(user_id) if self.switches_uid else None
 
-    def chown(self, path, uid):
-        """Give ``path`` (recursively) to ``uid``; nothing to do when uids are not switched."""
-        if uid is None:
-            return
-        for root, dirs, files in os.walk(path):
-            os.lchown(root, uid, uid)
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), uid, uid)
+    # -- start-up checks ------------------------------------------------------------
+
+    @property
+    def cgroup_host(self):
+        """The :class:`~binder_spawner.cgroups.CgroupHost` limits are enforced with, or None."""
+        return self.preflight()
+
+    def preflight(self):
+        """Check once that this host can confine servers as configured; log what is enforced.
+
+        Returns the cgroup host (None without cgroups); raises
+        :class:`SandboxUnavailable` with a message for the admin.
+        """
+        key = (self.cgroup_root, self.cgroup_parent, self.require_cgroups)
+        if key in _CGROUP_HOSTS:
+            return _CGROUP_HOSTS[key]
+        if not os.path.isfile(self.bwrap_path):
+            raise SandboxUnavailable(
+                f"bubblewrap is not installed ({self.bwrap_path} does not exist): "
+                "install the 'bubblewrap' package, or set c.Sandbox.bwrap_path."
+            )
+        host = None
+        reason = ""
+        if self.switches_uid:
+            try:
+                host = cgroups.detect(root=self.cgroup_root, parent=self.cgroup_parent)
+            except cgroups.CgroupError as e:
+                reason = str(e)
+                if self.require_cgroups:
+                    raise SandboxUnavailable(
+                        f"Local mode runs as root but cannot use cgroups ({reason}), so it "
+                        "cannot limit the memory and processes of a server as a whole. "
+                        "Fix the cgroup set-up, or set c.Sandbox.require_cgroups = False to "
+                        "run anyway: each process is then limited to memory_limit of address "
+                        "space, and a server's processes together are not."
+                    ) from None
+        else:
+            reason = "the hub does not run as root"
+        _CGROUP_HOSTS[key] = host
+        self.log.info("Local mode limits on this host: %s", self.describe_limits(host, reason))
+        return host
+
+    def describe_limits(self, host, reason=""):
+        gb = 1024**3
+        features = _bwrap_features(self.bwrap_path)
+        parts = []
+        if host is not None:
+            parts.append(
+                f"memory {self.memory_limit / gb:.3g} GB per server (builds "
+                f"{self.build_memory_limit / gb:.3g} GB), guarantee "
+                f"{self.memory_guarantee / gb:.3g} GB, {self.process_limit} processes, "
+                f"all tmpfs files counted, enforced by {host.describe()}"
+            )
+        else:
+            parts.append(
+                f"NO cgroup ({reason}): memory {self.memory_limit / gb:.3g} GB of address "
+                f"space per process, {self.process_limit} processes per uid (rlimits only)"
+            )
+        parts.append(
+            f"tmpfs /tmp, /run, /dev/shm {self.tmpfs_size / gb:.3g} GB each, "
+            f"home {self.home_size / gb:.3g} GB"
+        )
+        parts.append(
+            "new user namespaces "
+            + ("refused" if "--disable-userns" in features else "allowed (bwrap < 0.8)")
+        )
+        program = self.seccomp and seccomp.filter_program()
+        parts.append("seccomp filter " + ("on" if program else "off"))
+        parts.append("uids switched" if self.switches_uid else "one uid (the hub is not root)")
+        return "; ".join(parts)
 
     def check_reachable(self, path):
-        """Raise ``RuntimeError`` when a sandbox uid could not reach ``path`` to mount it."""
+        """Raise :class:`SandboxUnavailable` when a sandbox uid could not reach ``path``."""
         if self.switches_uid and not _searchable_by_others(path):
-            raise RuntimeError(
+            raise SandboxUnavailable(
                 f"{path} must be reachable by the sandbox uids: make its parent directories "
-                "searchable by others (chmod o+x), or choose another directory."
+                "searchable by others (chmod o+x), or choose another directory "
+                "(BINDER_STATE_DIR, c.EnvironmentBuilder.envs_dir)."
             )
 
-    def command(self, argv, *, uid, ro_binds=(), rw_binds=(), chdir=None, extra_ro_paths=()):
-        """``argv`` wrapped to run sandboxed as ``uid`` with the given mounts."""
+    # -- cgroups ------------------------------------------------------------------
+
+    def create_cgroup(self, name, *, build=False):
+        """A fresh cgroup for a server (or a build) with its limits; None without cgroups."""
+        host = self.preflight()
+        if host is None:
+            return None
+        limits = cgroups.Limits(
+            memory_max=self.build_memory_limit if build else self.memory_limit,
+            memory_guarantee=0 if build else self.memory_guarantee,
+            pids_max=self.process_limit,
+        )
+        return host.create(name, limits)
+
+    def existing_cgroup(self, name):
+        host = self.preflight()
+        return host.cgroup(name) if host is not None else None
+
+    # -- commands -----------------------------------------------------------------
+
+    def command(
+        self,
+        argv,
+        *,
+        uid,
+        cgroup=None,
+        ro_binds=(),
+        rw_binds=(),
+        home=None,
+        chdir=None,
+        extra_ro_paths=(),
+        build=False,
+    ):
+        """``argv`` wrapped to run sandboxed as ``uid`` in ``cgroup`` with the given mounts."""
+        features = _bwrap_features(self.bwrap_path)
+        rlimits = {"core": 0}
+        if self.process_limit:
+            rlimits["nproc"] = self.process_limit
+        memory = self.build_memory_limit if build else self.memory_limit
+        if cgroup is None and memory:
+            # no cgroup: the per-process address space is all the kernel enforces
+            rlimits["as"] = memory
+        program = seccomp.filter_program() if self.seccomp and "--seccomp" in features else None
         return sandbox_command(
             argv,
             bwrap=self.bwrap_path,
             uid=uid,
-            memory_limit=self.memory_limit,
-            process_limit=self.process_limit,
+            cgroup_procs=cgroup.procs_files if cgroup is not None else (),
+            rlimits=rlimits,
+            seccomp_program=program,
+            disable_userns="--disable-userns" in features,
             system_paths=self.system_paths,
             ro_binds=[*((p, p) for p in extra_ro_paths), *ro_binds],
             rw_binds=rw_binds,
+            tmpfs_size=min(self.tmpfs_size, memory) if memory else self.tmpfs_size,
+            home=home,
+            home_size=self.home_size,
             chdir=chdir,
         )

@@ -4,12 +4,14 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 
 import pytest
 
-from binder_spawner.sandbox import SANDBOX_HOME, Sandbox, sandbox_command
+from binder_spawner.sandbox import LAUNCHER, SANDBOX_HOME, Sandbox, sandbox_command, trusted_which
+from binder_spawner.seal import chown_tree
 
 from .utils import poll
 
@@ -18,39 +20,70 @@ PYTHON = "/usr/bin/python3"  # under /usr: visible in every sandbox
 
 def test_command_shape():
     cmd = sandbox_command(
-        ["python3", "-c", "pass"],
+        ["/usr/bin/python3", "-c", "pass"],
         bwrap="/usr/bin/bwrap",
         uid=2000005,
-        memory_limit=2 * 1024**3,
-        process_limit=64,
+        cgroup_procs=["/sys/fs/cgroup/memory/x/cgroup.procs"],
+        rlimits={"core": 0, "nproc": 64},
+        seccomp_program=b"\x06\x00\x00\x00\x00\x00\xff\x7f",
         system_paths=["/usr"],
-        ro_binds=[("/srv/envs/abc", "/srv/envs/abc")],
-        rw_binds=[("/srv/homes/u", SANDBOX_HOME)],
-        chdir=SANDBOX_HOME,
+        ro_binds=[("/srv/envs/abc", "/srv/binder")],
+        tmpfs_size=2 * 1024**3,
+        home=SANDBOX_HOME,
+        home_size=1024**3,
+        chdir="/",
     )
-    assert cmd[:6] == [
-        "setpriv",
-        "--reuid=2000005",
-        "--regid=2000005",
-        "--clear-groups",
-        "--no-new-privs",
-        "--",
-    ]
-    assert cmd[6:11] == ["prlimit", "--core=0", f"--as={2 * 1024**3}", "--nproc=64", "--"]
-    assert cmd[11] == "/usr/bin/bwrap"
+    # the hub's own interpreter, isolated, runs the launcher by absolute path
+    assert cmd[0] == sys.executable and cmd[1:3] == ["-I", "-S"]
+    assert cmd[3] == LAUNCHER and os.path.isabs(LAUNCHER)
+    spec = json.loads(cmd[4])
+    assert spec["uid"] == 2000005
+    assert spec["cgroups"] == ["/sys/fs/cgroup/memory/x/cgroup.procs"]
+    assert spec["rlimits"] == {"core": 0, "nproc": 64}
+    assert bytes.fromhex(spec["seccomp"]).startswith(b"\x06")
+    assert cmd[5:7] == ["--", "/usr/bin/bwrap"]
     for flag in ("--unshare-all", "--share-net", "--die-with-parent", "--new-session"):
         assert flag in cmd
+    assert "--disable-userns" in cmd and cmd[cmd.index("--seccomp") + 1] == "3"
     joined = " ".join(cmd)
-    assert "--ro-bind /srv/envs/abc /srv/envs/abc" in joined
-    assert f"--bind /srv/homes/u {SANDBOX_HOME}" in joined
-    # /tmp is a fresh tmpfs, mounted before the binds so that binds under /tmp survive
+    assert "--ro-bind /srv/envs/abc /srv/binder" in joined
+    # every tmpfs has a size, the home too, and / and /dev are read-only
+    gb2 = str(2 * 1024**3)
+    for path in ("/tmp", "/run", "/dev/shm"):
+        assert f"--size {gb2} --tmpfs {path}" in joined
+    assert f"--size {1024**3} --perms 0700 --tmpfs {SANDBOX_HOME}" in joined
+    assert "--remount-ro / " in joined and "--remount-ro /dev " in joined
     assert joined.index("--tmpfs /tmp") < joined.index("--ro-bind /srv/envs/abc")
-    assert cmd[-4:] == ["--", "python3", "-c", "pass"]
+    assert cmd[-4:] == ["--", "/usr/bin/python3", "-c", "pass"]
+
+
+def test_programs_must_be_absolute():
+    # a bare name would be looked up on the child's PATH, which an environment controls
+    with pytest.raises(ValueError, match="absolute"):
+        sandbox_command(["python3"], bwrap="/usr/bin/bwrap")
+    with pytest.raises(ValueError, match="absolute"):
+        sandbox_command(["/usr/bin/python3"], bwrap="bwrap")
+    with pytest.raises(Exception, match="absolute"):
+        Sandbox(bwrap_path="bwrap")
+
+
+def test_trusted_which_ignores_writable_and_foreign_programs(tmp_path):
+    good = tmp_path / "good"
+    bad = tmp_path / "bad"
+    for d in (good, bad):
+        d.mkdir()
+    for d, mode in ((good, 0o755), (bad, 0o777)):
+        tool = d / "tool"
+        tool.write_text("#!/bin/sh\n")
+        tool.chmod(mode)
+    assert trusted_which("tool", f"{bad}:{good}") == str(good / "tool")
+    assert trusted_which("bwrap") == "/usr/bin/bwrap"
+    assert trusted_which("no-such-tool-binder") is None
 
 
 def test_no_uid_switch_when_not_root():
-    cmd = sandbox_command(["true"], bwrap="bwrap", uid=None)
-    assert cmd[0] == "prlimit" and "setpriv" not in cmd
+    cmd = sandbox_command(["/bin/true"], bwrap="/usr/bin/bwrap", uid=None)
+    assert json.loads(cmd[4])["uid"] is None
 
 
 def test_uid_base_must_be_unprivileged():
@@ -80,7 +113,7 @@ def layout():
         os.makedirs(home, mode=0o700)
         with open(os.path.join(home, "notes.txt"), "w") as f:
             f.write(f"{name}'s notes")
-        sandbox.chown(home, sandbox.server_uid(user_id))
+        chown_tree(home, sandbox.server_uid(user_id) or os.getuid())
         paths[name] = home
     for name in ("env-a", "env-b"):
         env = os.path.join(root, "envs", name)
@@ -132,12 +165,13 @@ print(json.dumps(result))
 """
 
 
-async def run_sandboxed(sandbox, paths, code, *, user_id=1):
+async def run_sandboxed(sandbox, paths, code, *, user_id=1, cgroup=None):
     # alice (user 1) gets her home; other users run in /tmp
     home = [(paths["alice"], SANDBOX_HOME)] if user_id == 1 else []
     cmd = sandbox.command(
         [PYTHON, "-c", textwrap.dedent(code)],
         uid=sandbox.server_uid(user_id),
+        cgroup=cgroup,
         ro_binds=[(paths["env-a"], paths["env-a"])],
         rw_binds=home,
         chdir=SANDBOX_HOME if home else "/tmp",
@@ -263,3 +297,165 @@ def _uid_of(pid):
                     return int(line.split()[1])
     except OSError:
         return None
+
+
+# -- kernel limits: cgroups, seccomp, user namespaces ---------------------------------
+
+
+@pytest.fixture
+def cgroup_sandbox():
+    sandbox = Sandbox(memory_limit="384M", memory_guarantee="128M", process_limit=64)
+    if sandbox.preflight() is None:
+        pytest.fail("these tests run as root on a host with cgroups (CI does)")
+    groups = []
+
+    def make(name):
+        group = sandbox.create_cgroup(f"test-{os.getpid()}-{name}")
+        groups.append(group)
+        return group
+
+    yield sandbox, make
+    for group in groups:
+        group.remove()
+
+
+def _available_memory():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no MemAvailable")
+
+
+MEMORY_HOGS = {
+    "processes": """
+        import multiprocessing, time
+        def hog():
+            block = bytearray(200 * 1024**2)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            time.sleep(3)
+        procs = [multiprocessing.Process(target=hog) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        # v1 kills one process of the cgroup: not every child may end well
+        print("survived" if all(p.exitcode == 0 for p in procs) else "killed")
+        """,
+    "tmp": """
+        with open("/tmp/fill", "wb") as f:
+            for _ in range(600):
+                f.write(b"x" * 1024**2)
+        print("survived")
+        """,
+    "dev-shm": """
+        with open("/dev/shm/fill", "wb") as f:
+            for _ in range(600):
+                f.write(b"x" * 1024**2)
+        print("survived")
+        """,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MEMORY_HOGS))
+async def test_memory_limit_counts_every_process_and_tmpfs(layout, cgroup_sandbox, kind):
+    # 600 MB across three processes, or into a tmpfs, against a 384 MB limit:
+    # each process alone is under the limit, so only the cgroup can stop it
+    sandbox, make = cgroup_sandbox
+    paths = layout[1]
+    group = make(kind)
+    before = _available_memory()
+    lowest = [before]
+
+    async def watch():
+        while True:
+            lowest[0] = min(lowest[0], _available_memory())
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        code, out, err = await run_sandboxed(
+            sandbox, paths, MEMORY_HOGS[kind], user_id=5, cgroup=group
+        )
+    finally:
+        watcher.cancel()
+    assert "survived" not in out
+    assert group.oom_kills() >= 1
+    assert group.memory_peak() <= 384 * 1024**2
+    # the host never lent the server much more than its limit
+    assert before - lowest[0] < 384 * 1024**2 + 128 * 1024**2
+
+
+async def test_process_limit_is_per_cgroup(layout, cgroup_sandbox):
+    sandbox, make = cgroup_sandbox
+    group = make("pids")
+    code, out, err = await run_sandboxed(
+        sandbox,
+        layout[1],
+        """
+        import os, time
+        children = []
+        refused = False
+        for i in range(100):
+            try:
+                pid = os.fork()
+            except BlockingIOError:
+                refused = True
+                break
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            children.append(pid)
+        print("refused after %d" % len(children) if refused else "forked all")
+        """,
+        user_id=6,
+        cgroup=group,
+    )
+    assert out.startswith("refused after"), (out, err)
+    assert int(out.split()[-1]) < 64
+    # the cgroup is emptied by kill(), whatever the processes do
+    assert group.kill() and not group.pids()
+
+
+SYSCALL_PROBE = """
+import ctypes, errno, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+result = {}
+KEYCTL = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
+result["keyctl"] = (libc.syscall(KEYCTL, 0, 0, 0, 0), ctypes.get_errno())
+unshare = subprocess.run(["/usr/bin/unshare", "--user", "/bin/true"], capture_output=True)
+result["unshare_user"] = unshare.returncode
+for path in ("/planted", "/dev/planted"):
+    try:
+        open(path, "w").write("x")
+        result[path] = "written"
+    except OSError as e:
+        result[path] = errno.errorcode[e.errno]
+print(__import__("json").dumps(result))
+"""
+
+
+async def test_kernel_interfaces_and_user_namespaces_are_refused(layout):
+    sandbox, paths = layout
+    code, out, err = await run_sandboxed(sandbox, paths, SYSCALL_PROBE, user_id=7)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["keyctl"] == [-1, 1]  # EPERM from the seccomp filter
+    assert result["unshare_user"] != 0  # --disable-userns
+    assert result["/planted"] == "EROFS" and result["/dev/planted"] == "EROFS"
+
+
+async def test_launcher_refuses_relative_programs():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-S",
+        LAUNCHER,
+        "{}",
+        "--",
+        "bwrap",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and b"absolute" in err
