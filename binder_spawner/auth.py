@@ -20,6 +20,7 @@ from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
 
 from .errors import spawn_error
 from .identity import (
+    DEFAULT_TRUSTED_HOPS,
     DEFAULT_TRUSTED_NETWORKS,
     SlidingWindowLimiter,
     address_bucket,
@@ -182,21 +183,50 @@ class AnonymousAuthenticator(Authenticator):
         The client address used for ``new_users_per_minute`` is the address
         of the connection to the hub unless that is in one of these networks
         (or in ``JupyterHub.trusted_downstream_ips``); then the header is read
-        from the right, one entry per trusted proxy, and the first untrusted
-        address is the client. ``X-Real-Ip`` is never used. The default trusts
-        loopback and private networks: configurable-http-proxy on the same
-        machine (local mode) or in the cluster (zero-to-jupyterhub), and an
-        ingress controller in front of it. Visitors connecting from inside a
-        trusted network can choose the address they are counted under; on an
-        intranet hub, list only the proxies' own addresses. ``[]`` ignores
-        the header. Default: loopback, 10/8, 172.16/12, 192.168/16, fc00::/7.
-        Example::
+        from the right, at most ``trusted_proxy_hops`` entries, and past an
+        entry only if it is in these networks too. ``X-Real-Ip`` is never
+        used. The default trusts loopback only: configurable-http-proxy on
+        the hub's machine (local mode). Do not add the networks your visitors
+        come from for convenience; add the networks your proxies connect
+        from: on zero-to-jupyterhub the cluster's pod network (see
+        ``chart-values/01-binder.yaml``). ``[]`` ignores the header.
+        Default: ``["127.0.0.0/8", "::1/128"]``. Example::
 
-            c.AnonymousAuthenticator.trusted_proxy_networks = ["10.100.0.0/16"]
+            c.AnonymousAuthenticator.trusted_proxy_networks = ["10.244.0.0/16"]
 
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
+
+    trusted_proxy_hops = Int(
+        DEFAULT_TRUSTED_HOPS,
+        help="""
+        How many proxies in front of the hub append to ``X-Forwarded-For``.
+
+        configurable-http-proxy is one (it appends the address of whoever
+        connected to it); an ingress controller or load balancer in front of
+        it that appends its client's address is another. At most this many
+        entries are read from the right of the header, so the entry the
+        outermost proxy appended is the furthest one believed and a client
+        cannot choose its address by sending its own header, even from inside
+        ``trusted_proxy_networks``. Too low: every visitor is counted under
+        the address of a proxy; too high: clients inside trusted networks can
+        choose their address. Default: 1. Example, with ``ingress.enabled``
+        on zero-to-jupyterhub::
+
+            c.AnonymousAuthenticator.trusted_proxy_hops = 2
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @validate("trusted_proxy_hops")
+    def _validate_trusted_proxy_hops(self, proposal):
+        if not 0 <= proposal["value"] <= 10:
+            raise TraitError(
+                f"AnonymousAuthenticator.trusted_proxy_hops must be 0..10, not {proposal['value']}"
+            )
+        return proposal["value"]
 
     @default("trusted_proxy_networks")
     def _default_trusted_proxy_networks(self):
@@ -349,7 +379,10 @@ class AnonymousAuthenticator(Authenticator):
         else:
             peer = getattr(context, "_orig_remote_ip", None) or request.remote_ip
         return client_address(
-            peer, request.headers.get_list("X-Forwarded-For"), self._trusted_networks()
+            peer,
+            request.headers.get_list("X-Forwarded-For"),
+            self._trusted_networks(),
+            hops=self.trusted_proxy_hops,
         )
 
     def count_anonymous_users(self, db):

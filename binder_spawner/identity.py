@@ -24,16 +24,13 @@ RANDOM_LENGTH = 10
 # also accepts the ``opt-`` prefixed form for user options (``SpawnHandler._get_user_options``)
 REPO_PARAMS = ("repo", "opt-repo")
 
-# loopback and private networks: where the hub's own proxy (configurable-http-proxy,
-# an ingress controller) runs in a local or Kubernetes deployment
-DEFAULT_TRUSTED_NETWORKS = (
-    "127.0.0.0/8",
-    "::1/128",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "fc00::/7",
-)
+# loopback: where configurable-http-proxy connects from when it runs on the hub's
+# machine (local mode). Private networks are not trusted by default: on a LAN,
+# visitors come from them too (see AnonymousAuthenticator.trusted_proxy_networks)
+DEFAULT_TRUSTED_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+# proxies that append to X-Forwarded-For in front of the hub: configurable-http-proxy
+DEFAULT_TRUSTED_HOPS = 1
 
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 
@@ -141,29 +138,37 @@ def _parse_ip(value):
     return address
 
 
-def client_address(peer, forwarded_for, trusted_networks):
+def client_address(peer, forwarded_for, trusted_networks, hops=DEFAULT_TRUSTED_HOPS):
     """The address of the client that made a request, as far as it can be trusted.
 
     ``peer`` is the address of the TCP connection to the hub; ``forwarded_for``
-    the ``X-Forwarded-For`` header values in order. Only when the peer is in
-    ``trusted_networks`` (a proxy of the hub's own deployment) is the header
-    read, from the right, one hop per trusted proxy: the first address that is
-    not itself trusted is the client. Entries left of it were written by the
-    client and are ignored, so a client cannot choose its address. Returns
-    the address as a string (``peer`` unchanged if it is not an IP address).
+    the ``X-Forwarded-For`` header values in order. Each proxy appends the
+    address it was connected from to the header (configurable-http-proxy's
+    ``xfwd``, an ingress controller), so the rightmost entries were written by
+    the hub's own proxies and everything left of them by the client.
+
+    The header is read only when the peer is in ``trusted_networks`` (a proxy
+    of the hub's own deployment), from the right, at most ``hops`` entries
+    (one per proxy in front of the hub), and past an entry only when that
+    entry is itself in ``trusted_networks``. A client, even one inside a
+    trusted network, can therefore never choose its address: the entry its
+    first proxy appended is the furthest one read. Returns the address as a
+    string (``peer`` unchanged if it is not an IP address).
     """
     current = _parse_ip(peer)
     if current is None:
         return peer or ""
-    hops = []
+    entries = []
     for header in forwarded_for or ():
-        hops.extend(part for part in header.split(",") if part.strip())
+        entries.extend(part for part in header.split(",") if part.strip())
 
     def trusted(address):
         return any(address in network for network in trusted_networks)
 
-    while trusted(current) and hops:
-        candidate = _parse_ip(hops.pop())
+    for _ in range(max(hops, 0)):
+        if not entries or not trusted(current):
+            break
+        candidate = _parse_ip(entries.pop())
         if candidate is None:
             # a garbled entry: stop at the last address we could trust
             break

@@ -47,6 +47,10 @@ c.Spawner.cmd = [sys.executable, {tiny!r}]
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
 c.Authenticator.admin_users = {{"hub-admin"}}
+# The test client stands for a trusted ingress in front of the hub's proxy: the
+# X-Forwarded-For it sends (see fresh_browser) is believed one hop further, so
+# each test browser can be a client of its own address.
+c.AnonymousAuthenticator.trusted_proxy_hops = 2
 
 def pick_command(spawner):
     # the spawn handler passes the query as lists of strings (Spawner.options_from_query)
@@ -86,7 +90,7 @@ def fake_client_ip():
 
 
 def fresh_browser(hub, ip=None, **headers):
-    """A new cookie jar that the proxy sees coming from ``ip`` (X-Forwarded-For)."""
+    """A new cookie jar that the hub sees coming from ``ip`` (X-Forwarded-For, two trusted hops)."""
     headers.setdefault("X-Forwarded-For", ip or fake_client_ip())
     return hub.browser(headers=headers)
 

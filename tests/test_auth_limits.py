@@ -10,6 +10,8 @@ import html
 import re
 from urllib.parse import unquote, urljoin, urlsplit
 
+import aiohttp
+
 from .authhub import fresh_browser, hub_config, whoami
 from .utils import poll
 
@@ -91,6 +93,36 @@ c.AnonymousAuthenticator.new_users_window = 3600
     status, model = await hub.api("GET", f"/users/{name}")
     assert list(model["servers"]) == [""]
     assert model["servers"][""]["user_options"]["repo"] == [first_link["repo"]]
+
+
+async def test_forged_forwarded_for_through_the_proxy_is_still_limited(hub_factory, tmp_path):
+    hub = await hub_factory(
+        hub_config(
+            tmp_path,
+            extra="""
+# this hub's defaults: configurable-http-proxy on loopback is the one trusted hop
+c.AnonymousAuthenticator.pop("trusted_proxy_hops")
+c.AnonymousAuthenticator.new_users_per_minute = 2
+c.AnonymousAuthenticator.new_users_window = 3600
+""",
+        )
+    )
+
+    def client(source, forged):
+        """A fresh browser connecting from ``source`` that claims ``forged`` as its address."""
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        return hub.browser(connector=connector, headers={"X-Forwarded-For": forged})
+
+    # The proxy appends the address it saw (127.0.0.2) to whatever the client
+    # sent; addresses in trusted networks (loopback here, private ones on a
+    # LAN) must not let the client step further left.
+    forged = ["198.51.100.1", "10.0.0.1", "192.168.1.1, 203.0.113.1", "127.0.0.3", "::1"]
+    statuses = [(await visit(hub, client("127.0.0.2", claim)))[0] for claim in forged]
+    assert statuses == [200, 200, 429, 429, 429]
+    assert len(await anonymous_names(hub)) == 2
+    # counted under the address the proxy saw, not one shared by everybody
+    assert (await visit(hub, client("127.0.0.3", "198.51.100.1")))[0] == 200
+    assert hub.log().count("for 127.0.0.2\n") == 2
 
 
 async def sign_in(hub, browser):

@@ -17,6 +17,9 @@ def test_defaults_that_make_it_work_without_settings():
     assert auth.allow_all is True
     assert auth.group == "binder-anonymous"
     assert auth.login_url("/base/hub/") == "/base/hub/anonymous-login"
+    # only configurable-http-proxy on this machine, one hop: no private networks
+    assert auth.trusted_proxy_networks == ["127.0.0.0/8", "::1/128"]
+    assert auth.trusted_proxy_hops == 1
 
 
 def test_explicit_config_wins():
@@ -41,6 +44,7 @@ def test_explicit_config_wins():
         pytest.param("ipv6_prefix_length", 0, id="prefix-zero"),
         pytest.param("ipv6_prefix_length", 129, id="prefix-too-long"),
         pytest.param("new_users_window", 0, id="window-zero"),
+        pytest.param("trusted_proxy_hops", -1, id="hops-negative"),
     ],
 )
 def test_bad_values_are_refused(trait, value):

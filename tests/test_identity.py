@@ -56,39 +56,61 @@ def test_launch_repo_reads_next_query():
 
 
 TRUSTED = parse_networks(DEFAULT_TRUSTED_NETWORKS)
+CLUSTER = parse_networks(["10.0.0.0/8"])
 
 
 @pytest.mark.parametrize(
-    "peer, xff, trusted, expected",
+    "peer, xff, trusted, hops, expected",
     [
-        pytest.param("203.0.113.5", [], TRUSTED, "203.0.113.5", id="direct-no-header"),
+        pytest.param("203.0.113.5", [], TRUSTED, 1, "203.0.113.5", id="direct-no-header"),
         pytest.param(
-            "203.0.113.5", ["198.51.100.1"], TRUSTED, "203.0.113.5", id="untrusted-peer-ignored"
+            "203.0.113.5", ["198.51.100.1"], TRUSTED, 1, "203.0.113.5", id="untrusted-peer-ignored"
         ),
-        pytest.param("127.0.0.1", ["198.51.100.1"], TRUSTED, "198.51.100.1", id="proxy"),
+        pytest.param("127.0.0.1", ["198.51.100.1"], TRUSTED, 1, "198.51.100.1", id="proxy"),
         pytest.param(
             "127.0.0.1",
             ["6.6.6.6, 198.51.100.1"],
             TRUSTED,
+            1,
             "198.51.100.1",
             id="client-prepended-spoof",
         ),
+        # a client on the proxy's own machine: what the proxy appended is the end
+        pytest.param("127.0.0.1", ["6.6.6.6, 127.0.0.1"], TRUSTED, 1, "127.0.0.1", id="local"),
+        # a LAN client in a trusted network sends its own header through the proxy
+        pytest.param(
+            "10.0.0.2", ["6.6.6.6, 10.1.2.3"], CLUSTER, 1, "10.1.2.3", id="lan-client-spoof"
+        ),
         pytest.param(
             "10.0.0.2",
-            ["198.51.100.1, 10.0.0.9"],
-            TRUSTED,
+            ["6.6.6.6, 198.51.100.1, 10.0.0.9"],
+            CLUSTER,
+            2,
             "198.51.100.1",
             id="ingress-then-proxy",
         ),
-        pytest.param("127.0.0.1", ["198.51.100.1"], [], "127.0.0.1", id="nothing-trusted"),
-        pytest.param("127.0.0.1", ["garbage"], TRUSTED, "127.0.0.1", id="garbled"),
-        pytest.param("::ffff:127.0.0.1", ["2001:db8::5"], TRUSTED, "2001:db8::5", id="v4mapped"),
-        pytest.param("127.0.0.1", ["[2001:db8::7]:443"], TRUSTED, "2001:db8::7", id="bracketed"),
-        pytest.param("127.0.0.1", ["10.1.1.1"], TRUSTED, "10.1.1.1", id="all-trusted"),
+        # two hops allowed, but the first entry is a client, not a proxy
+        pytest.param(
+            "10.0.0.2", ["6.6.6.6, 198.51.100.1"], CLUSTER, 2, "198.51.100.1", id="hops-a-bound"
+        ),
+        pytest.param("127.0.0.1", ["198.51.100.1"], [], 1, "127.0.0.1", id="nothing-trusted"),
+        pytest.param("127.0.0.1", ["198.51.100.1"], TRUSTED, 0, "127.0.0.1", id="zero-hops"),
+        pytest.param("127.0.0.1", ["garbage"], TRUSTED, 1, "127.0.0.1", id="garbled"),
+        pytest.param("::ffff:127.0.0.1", ["2001:db8::5"], TRUSTED, 1, "2001:db8::5", id="v4mapped"),
+        pytest.param("127.0.0.1", ["[2001:db8::7]:443"], TRUSTED, 1, "2001:db8::7", id="bracketed"),
+        pytest.param("127.0.0.1", ["10.1.1.1"], TRUSTED, 1, "10.1.1.1", id="private-client"),
+        pytest.param(
+            "10.0.0.2", ["10.0.0.3", "10.0.0.4"], CLUSTER, 3, "10.0.0.3", id="all-trusted"
+        ),
     ],
 )
-def test_client_address(peer, xff, trusted, expected):
-    assert client_address(peer, xff, trusted) == expected
+def test_client_address(peer, xff, trusted, hops, expected):
+    assert client_address(peer, xff, trusted, hops=hops) == expected
+
+
+def test_default_trusts_one_proxy_on_loopback():
+    assert client_address("127.0.0.1", ["6.6.6.6, 192.168.1.20"], TRUSTED) == "192.168.1.20"
+    assert client_address("192.168.1.20", ["6.6.6.6"], TRUSTED) == "192.168.1.20"
 
 
 def test_address_bucket_groups_ipv6_networks():
