@@ -164,7 +164,10 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
         return 0
 
     def _cgroup_name(self):
-        return cgroup_name("server", self.user.id, self.name or "")
+        return cgroup_name(self.cgroup_namespace(), "server", self.user.id, self.name or "")
+
+    def cgroup_namespace(self):
+        return ""
 
     def _ro_binds(self):
         environment = self._environment
@@ -202,7 +205,7 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             cgroup=self._cgroup,
             ro_binds=self._ro_binds(),
             home=SANDBOX_HOME,
-            chdir="/",
+            chdir=SANDBOX_HOME,
         )
         self.log.info("Spawning %s sandboxed from %s", self._log_name, environment.path)
         self.log.debug("Sandbox command: %s", cmd)
@@ -341,6 +344,9 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
 
     def builder_home_max_file(self):
         return self.builder.home_max_file
+
+    def cgroup_namespace(self):
+        return self.builder.instance_id
 
     @default("default_url")
     def _default_default_url(self):

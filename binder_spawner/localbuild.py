@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -60,6 +61,15 @@ CACHE_MOUNT = "/srv/cache"
 
 # how long an unknown commit of a repository is remembered (one fetch, not one per launch)
 MISSING_COMMIT_SECONDS = 600
+
+
+def instance_id(envs_dir):
+    """A short name for one hub's local mode, from its environments directory.
+
+    Cgroups of servers and builds carry it, so two hubs on one machine never
+    take each other's cgroups, and a restarted hub finds its own.
+    """
+    return hashlib.sha256(os.path.abspath(envs_dir).encode()).hexdigest()[:10]
 
 
 class BuildError(Exception):
@@ -413,6 +423,10 @@ class EnvironmentBuilder(SingletonConfigurable):
             repo_url, commit, f"{self.installer} {' '.join(self.jupyter_packages)}"
         )
 
+    @property
+    def instance_id(self):
+        return instance_id(self.envs_dir)
+
     def _marker(self, key):
         return os.path.join(self.meta_dir, f"{key}.json")
 
@@ -576,7 +590,7 @@ class EnvironmentBuilder(SingletonConfigurable):
                 "This hub cannot build environments right now; its administrator has been told."
             ) from None
         cgroup = await asyncio.to_thread(
-            self.sandbox.create_cgroup, cgroup_name("build", task.key), build=True
+            self.sandbox.create_cgroup, cgroup_name(self.instance_id, "build", task.key), build=True
         )
         started = time.monotonic()
         self.log.info("Building %s at %s into %s", repo_url, commit, path)

@@ -6,12 +6,15 @@ the server through the Jupyter REST API, reuse, build errors on the spawn page,
 and the sandbox seen from inside a running server.
 """
 
+import glob
 import json
 import os
 import textwrap
 
 import pytest
 import pytest_asyncio
+
+from binder_spawner.localbuild import instance_id
 
 from .gitserver import GitServer
 from .localhub import LocalHub, remove_state, start_local_hub
@@ -71,6 +74,7 @@ async def test_launch_build_run_and_reuse(local):
         "print(sorted(os.listdir('.')))\n"
         "open('alice-secret.txt', 'w').write('only alice')\n",
     )
+    assert len(out.strip().splitlines()) == 2, out
     first, listing = out.strip().splitlines()
     version, value, cwd, uid = first.split()
     assert (version, value, cwd) == ("1.17.0", "42", "/home/jovyan")
@@ -92,12 +96,13 @@ async def test_launch_build_run_and_reuse(local):
 
     # the sandbox, seen from bob's server: no hub database, no alice's files
     hub_db = os.path.join(local.hub.state_dir, "hub", "jupyterhub.sqlite")
-    alice_home = os.path.join(local.hub.state_dir, "local", "homes", "alice")
-    assert exists(hub_db) and exists(alice_home, "alice-secret.txt")
+    assert exists(hub_db)
+    # homes are tmpfs inside each sandbox: alice's file is nowhere on the host
+    assert glob.glob(f"{local.hub.state_dir}/**/alice-secret.txt", recursive=True) == []
     probe = textwrap.dedent(
         f"""
         import os
-        for path in [{hub_db!r}, {os.path.join(alice_home, "alice-secret.txt")!r},
+        for path in [{hub_db!r}, "/home/jovyan/alice-secret.txt",
                      {os.path.join(local.hub.state_dir, "hub", "jupyterhub_cookie_secret")!r}]:
             try:
                 open(path).read()
@@ -118,11 +123,18 @@ async def test_launch_build_run_and_reuse(local):
         "except OSError as e:\n    print('DENIED', e.errno)\n",
     )
     assert out.startswith("DENIED"), out
+    # alice still has her file; .git was not copied into the home
+    out = await local.run_code(
+        "alice", "import os; print(open('alice-secret.txt').read(), os.path.exists('.git'))"
+    )
+    assert out.split() == ["only", "alice", "False"]
 
     await local.stop("bob")
     await local.stop("alice")
-    # nothing of a session survives it: the home is gone
-    assert not exists(alice_home)
+    # nothing of a session survives it: its cgroup (and every process in it) is gone
+    namespace = instance_id(os.path.join(local.hub.state_dir, "local", "envs"))
+    assert glob.glob(f"/sys/fs/cgroup/pids/**/{namespace}-build-*", recursive=True) == []
+    assert glob.glob(f"/sys/fs/cgroup/pids/**/{namespace}-server-*", recursive=True) == []
 
 
 async def test_broken_requirements_show_the_installer_error(local):
