@@ -76,7 +76,7 @@ else:
     from binder_spawner.local import TEMPLATES, stop_reasons
 
     c.JupyterHub.template_paths = [TEMPLATES]
-    c.JupyterHub.template_vars = {"binder_stop_reasons": stop_reasons}
+    c.JupyterHub.template_vars = {"binder_stop_reason": stop_reasons}
 # the build happens inside start(): give it the time a build takes
 c.Spawner.start_timeout = 1800
 c.Spawner.http_timeout = 120

@@ -46,19 +46,20 @@ def _gigabytes(size):
     return f"{size / 1024**3:.3g} GB"
 
 
-def stop_reasons(user):
-    """``{server name: why it was stopped}`` for ``JupyterHub.template_vars``.
+def stop_reasons(current_user):
+    """For ``JupyterHub.template_vars``: a function ``(user, server name) -> why it stopped``.
 
     The hub's "server not running" page (``templates/not_running.html`` of
-    this package) shows it, so a visitor whose server the kernel stopped
-    learns why.
+    this package) calls it with the server's owner, so a visitor whose
+    server the kernel stopped learns why.
     """
-    found = {}
-    for name, spawner in getattr(user, "spawners", {}).items():
+
+    def stop_reason(user, server_name):
+        spawner = getattr(user, "spawners", {}).get(server_name or "")
         reason = getattr(spawner, "stop_reason", None)
-        if reason and not spawner.active:
-            found[name] = reason
-    return found
+        return reason if reason and not spawner.active else None
+
+    return stop_reason
 
 
 def check_local_mode(config):
@@ -208,7 +209,7 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             chdir=SANDBOX_HOME,
         )
         self.log.info("Spawning %s sandboxed from %s", self._log_name, environment.path)
-        self.log.debug("Sandbox command: %s", cmd)
+        self.log.debug("Sandbox command: %s", [a if len(a) < 200 else "..." for a in cmd])
         # a Popen handle, as LocalProcessSpawner.poll() expects; starting it does not block
         self.proc = subprocess.Popen(  # noqa: ASYNC220
             cmd, env=env, start_new_session=True, **self.popen_kwargs
@@ -297,8 +298,24 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
                 await self.poll_and_notify()
             return
 
+    def get_state(self):
+        state = super().get_state()
+        if self.stop_reason:
+            state["stop_reason"] = self.stop_reason
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.stop_reason = state.get("stop_reason") or self.stop_reason
+
+    # clear_state() keeps stop_reason: the hub saves the state of a stopped
+    # server after clearing it, and its "not running" page reads the reason
+
     async def poll(self):
         status = await super().poll()
+        if status is not None and self._cgroup is not None and not self.stop_reason:
+            if self._cgroup.oom_kills():
+                self.stop_reason = self._memory_message()
         if status is None:
             if self._cgroup is None and self._environment is not None:
                 # a restarted hub: find the running server's cgroup again

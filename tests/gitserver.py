@@ -125,7 +125,7 @@ class GitServer:
         return url
 
     def commit(self, name, files, message="update", branch="main"):
-        """Commit ``files`` ({path: str | bytes | None to delete}) on top of ``branch``.
+        """Commit ``files`` ({path: str | bytes | ("symlink", target) | None to delete}) on ``branch``.
 
         Creates the branch (from nothing) if it does not exist. Returns the new commit SHA.
         """
@@ -141,11 +141,14 @@ class GitServer:
                 if content is None:
                     self.git(name, "update-index", "--force-remove", "--", path, env=env)
                     continue
+                mode = "100644"
+                if isinstance(content, tuple) and content[0] == "symlink":
+                    mode, content = "120000", content[1]
                 if isinstance(content, str):
                     content = content.encode()
                 blob = self.git(name, "hash-object", "-w", "--stdin", input=content)
                 self.git(
-                    name, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env
+                    name, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env
                 )
             tree = self.git(name, "write-tree", env=env)
         finally:

@@ -1,0 +1,343 @@
+"""Attacks on local mode's trust boundary, launched for real through a root hub.
+
+Each test serves a hostile repository over git on loopback and launches it
+through the root ``jupyterhub_config.py`` (real hub, proxy, service, sandbox,
+cgroups). A planted program that root executed would write a proof into
+:data:`PROOF_DIR`, a root-only directory that no sandbox mounts: every test
+ends with that directory empty. Also here: the memory limit of a whole
+server (processes, ``/tmp``, ``/dev/shm``), seen from the host and by the user.
+"""
+
+import asyncio
+import glob
+import os
+import secrets
+import shutil
+import stat
+import textwrap
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from .gitserver import GitServer
+from .localhub import LocalHub, remove_state, start_local_hub
+from .utils import poll
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+# root-only, outside every sandbox: only a program run by root on the host can write here
+PROOF_DIR = "/var/tmp/binder-attack-proof"
+
+# programs root runs (or once ran) by name, and the interpreter
+HIJACKED_BY_POSTBUILD = ["uv", "git", "cp", "tar", "chmod", "sh", "env", "python", "python3"]
+HIJACKED_BY_PACKAGE = ["setpriv", "prlimit", "bwrap", "cat"]
+
+FAKE = """#!/bin/sh
+id -u >> {proof}/{name} 2>/dev/null
+exec {real} "$@"
+"""
+
+POSTBUILD_HIJACK = f"""#!/bin/sh
+set -e
+B="$VIRTUAL_ENV/bin"
+for tool in {" ".join(HIJACKED_BY_POSTBUILD)}; do
+    if [ -e "$B/$tool" ] || [ -L "$B/$tool" ]; then
+        mv "$B/$tool" "$B/$tool.real"; real="$B/$tool.real"
+    else
+        real="/usr/bin/$tool"
+    fi
+    printf '#!/bin/sh\\nid -u >> {PROOF_DIR}/%s 2>/dev/null\\nexec %s "$@"\\n' "$tool" "$real" > "$B/$tool"
+    chmod +x "$B/$tool"
+done
+# the same names in every directory a PATH could list
+mkdir -p "$HOME/.local/bin" "$HOME/bin"
+for d in "$HOME/.local/bin" "$HOME/bin"; do
+    for tool in {" ".join(HIJACKED_BY_POSTBUILD + HIJACKED_BY_PACKAGE)}; do
+        printf '#!/bin/sh\\nid -u >> {PROOF_DIR}/%s 2>/dev/null\\n' "$tool" > "$d/$tool"
+        chmod +x "$d/$tool"
+    done
+done
+"""
+
+EVILPKG = {
+    "evilpkg/pyproject.toml": textwrap.dedent(
+        f"""
+        [project]
+        name = "evilpkg"
+        version = "1.0"
+        [project.scripts]
+        {chr(10).join(f'{name} = "evilpkg:main"' for name in HIJACKED_BY_PACKAGE)}
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+        """
+    ),
+    "evilpkg/evilpkg.py": textwrap.dedent(
+        f"""
+        import os, sys
+        def main():
+            name = os.path.basename(sys.argv[0])
+            try:
+                with open(os.path.join({PROOF_DIR!r}, name), "a") as f:
+                    f.write(str(os.getuid()))
+            except OSError:
+                pass
+            os.execv("/usr/bin/" + name, [name, *sys.argv[1:]])
+        """
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def proof_dir():
+    shutil.rmtree(PROOF_DIR, ignore_errors=True)
+    os.makedirs(PROOF_DIR, mode=0o755)
+    yield PROOF_DIR
+    shutil.rmtree(PROOF_DIR, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def local(tmp_path_factory, request, proof_dir):
+    git = GitServer(tmp_path_factory.mktemp("git"))
+    git.start()
+    hub = await start_local_hub(tmp_path_factory.mktemp("attack-hub"), git)
+    try:
+        yield LocalHub(hub, git)
+    finally:
+        await hub.stop()
+        git.stop()
+        if request.session.testsfailed:
+            print(f"\n===== hub log {hub.log_path} =====\n{hub.log()[-30000:]}")
+        remove_state(hub)
+
+
+def assert_no_proof():
+    planted = {name: open(os.path.join(PROOF_DIR, name)).read() for name in os.listdir(PROOF_DIR)}
+    assert planted == {}, f"root ran planted programs: {planted}"
+
+
+def hub_secrets(local):
+    """The hub's private directory, and a secret in it (as the cookie secret would be)."""
+    hub_dir = os.path.join(local.hub.state_dir, "hub")
+    path = os.path.join(hub_dir, "jupyterhub_cookie_secret")
+    if not os.path.exists(path):  # the test hub takes its secret from the environment
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, secrets.token_hex(32).encode())
+        os.close(fd)
+    with open(path, "rb") as f:
+        secret = f.read().strip()
+    return hub_dir, secret
+
+
+def messages(events):
+    return [event.get("message", "") for event in events]
+
+
+SEARCH_FOR_SECRET = """
+import os
+needle = bytes.fromhex({needle!r})
+hits = []
+for top in ("/home/jovyan", "/srv/binder", "/tmp"):
+    for root, dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                with open(path, "rb") as f:
+                    if needle in f.read():
+                        hits.append(path)
+            except OSError:
+                pass
+print("HITS", hits)
+"""
+
+
+async def test_helpers_and_interpreter_planted_in_the_environment_never_run_as_root(local):
+    # postBuild replaces uv, git, cp, sh, python... in the venv's bin/ (and the
+    # directories a PATH could list); requirements.txt installs a package whose
+    # console scripts are called setpriv, prlimit, bwrap, cat
+    url = local.git.create_repo(
+        "attack/path-hijack",
+        {
+            "requirements.txt": "./evilpkg\n",
+            "postBuild": POSTBUILD_HIJACK,
+            **EVILPKG,
+        },
+    )
+    events = await local.launch("mallory", {"repo": url})
+    assert events[-1].get("ready"), messages(events)
+    # the planted programs are in place, and run inside the sandbox as the user
+    out = await local.run_code(
+        "mallory",
+        "import os, subprocess\n"
+        "b = os.environ['VIRTUAL_ENV'] + '/bin/'\n"
+        "print(sorted(n for n in os.listdir(b) if n in ('setpriv', 'bwrap', 'uv', 'git')))\n"
+        "print(subprocess.run(['id', '-u'], capture_output=True, text=True).stdout.strip())\n",
+    )
+    assert "['bwrap', 'git', 'setpriv', 'uv']" in out, out
+    assert out.split()[-1] != "0"
+    # a relaunch and a stop run every path root has: build reuse, sandbox, cgroup, clean-up
+    await local.stop("mallory")
+    events = await local.launch("mallory", {"repo": url})
+    assert events[-1].get("ready"), messages(events)
+    await local.stop("mallory")
+    assert_no_proof()
+
+
+async def test_links_planted_by_postbuild_get_root_nothing(local):
+    hub_dir, secret = hub_secrets(local)
+    meta_dir = os.path.join(local.hub.state_dir, "local", "meta")
+    postbuild = textwrap.dedent(
+        f"""\
+        #!/bin/sh
+        cd /srv/binder
+        # the checkout root copied into homes -> the hub's directory
+        mv repo repo.orig
+        ln -s {hub_dir} repo
+        # every name root's bookkeeping ever used, at and beside the environment
+        for name in .binder-env.json .lock marker.json; do
+            ln -sf {PROOF_DIR}/written-through-$name $name
+        done
+        # a hard link inside the environment (links leaving it cross a mount: EXDEV)
+        ln repo.orig/notebook.ipynb hardlinked.ipynb
+        ln {hub_dir}/jupyterhub_cookie_secret stolen 2>/dev/null || true
+        # a fifo and a socket-like path root must never open
+        mkfifo fifo
+        """
+    )
+    url = local.git.create_repo(
+        "attack/links",
+        {"postBuild": postbuild, "notebook.ipynb": "{}"},
+    )
+    events = await local.launch("trudy", {"repo": url})
+    lines = messages(events)
+    if events[-1].get("failed"):
+        # refusing the environment is a fine outcome, as long as it says why
+        assert "links to" in events[-1]["message"], lines
+    else:
+        out = await local.run_code("trudy", SEARCH_FOR_SECRET.format(needle=secret.hex()))
+        assert "HITS []" in out, out
+        await local.stop("trudy")
+    # nothing was created through the planted links, no hub file was copied anywhere
+    assert_no_proof()
+    assert not glob.glob(os.path.join(PROOF_DIR, "written-through-*"))
+    for path in glob.glob(
+        os.path.join(local.hub.state_dir, "local", "envs", "*", "**"), recursive=True
+    ):
+        st = os.lstat(path)
+        assert st.st_uid == 0, path
+        assert not stat.S_ISREG(st.st_mode) or st.st_nlink == 1, path
+        assert not stat.S_ISFIFO(st.st_mode), path
+    # root's bookkeeping is in its own directory, which no sandbox could reach
+    assert stat.S_IMODE(os.stat(meta_dir).st_mode) == 0o700
+
+
+async def test_links_in_the_repository_to_the_hub_state_show_nothing(local):
+    hub_dir, secret = hub_secrets(local)
+    url = local.git.create_repo(
+        "attack/committed-links",
+        {
+            "index.ipynb": "{}",
+            # runtime.txt is read by root when planning the build: never through a link
+            "runtime.txt": ("symlink", os.path.join(hub_dir, "jupyterhub_cookie_secret")),
+            "secret": ("symlink", os.path.join(hub_dir, "jupyterhub_cookie_secret")),
+            "db": ("symlink", os.path.join(hub_dir, "jupyterhub.sqlite")),
+            "hubdir": ("symlink", hub_dir),
+        },
+    )
+    events = await local.launch("eve", {"repo": url})
+    assert events[-1].get("ready"), messages(events)
+    out = await local.run_code(
+        "eve",
+        "import os\n"
+        "for name in ('secret', 'db', 'hubdir'):\n"
+        "    print(name, os.path.islink(name), os.path.exists(name))\n"
+        + SEARCH_FOR_SECRET.format(needle=secret.hex()),
+    )
+    # the links are there, as in the repository, and lead nowhere inside the sandbox
+    assert "secret True False" in out and "db True False" in out and "hubdir True False" in out
+    assert "HITS []" in out, out
+    await local.stop("eve")
+    assert_no_proof()
+
+
+# -- the memory limit of a whole server ----------------------------------------------------
+
+HOGS = {
+    "processes": """
+        import multiprocessing, time
+        def hog():
+            block = bytearray(1024**3)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            time.sleep(60)
+        procs = [multiprocessing.Process(target=hog) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        """,
+    "tmp": """
+        with open("/tmp/fill", "wb") as f:
+            for _ in range(3 * 1024):
+                f.write(b"x" * 1024**2)
+        """,
+    "dev-shm": """
+        with open("/dev/shm/fill", "wb") as f:
+            for _ in range(3 * 1024):
+                f.write(b"x" * 1024**2)
+        """,
+}
+
+
+def _available_memory():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no MemAvailable")
+
+
+@pytest.fixture(scope="module")
+def hog_repo(local):
+    """One repository for the three: each launch after the first reuses its environment."""
+    return local.git.create_repo("limits/hog", {"index.ipynb": "{}"})
+
+
+@pytest.mark.parametrize("kind", sorted(HOGS))
+async def test_server_over_its_memory_limit_is_stopped_and_the_user_told(local, hog_repo, kind):
+    url = hog_repo
+    user = f"hog-{kind}"
+    events = await local.launch(user, {"repo": url})
+    assert events[-1].get("ready"), messages(events)
+    before = _available_memory()
+    lowest = [before]
+
+    async def watch():
+        while True:
+            lowest[0] = min(lowest[0], _available_memory())
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.ensure_future(watch())
+    # the kernel (and the server) die under it: the websocket drops, that is expected
+    hog = asyncio.ensure_future(local.run_code(user, textwrap.dedent(HOGS[kind])))
+    try:
+
+        async def stopped():
+            _, info = await local.hub.api("GET", f"/users/{user}")
+            return not info["servers"].get("")
+
+        await poll(stopped, timeout=120, message=f"{user}'s server to be stopped")
+    finally:
+        watcher.cancel()
+        hog.cancel()
+        await asyncio.gather(hog, return_exceptions=True)
+    # 3 GB asked for; the host lent about the 2 GB limit, not more
+    assert before - lowest[0] < 2.3 * 1024**3, (before - lowest[0]) / 1024**3
+    # the user, coming back to the server's page, reads why
+    headers = {"Authorization": f"token {local.hub.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(f"{local.hub.url}/hub/user/{user}/lab") as resp:
+            page = await resp.text()
+    assert resp.status == 424, page[:2000]
+    assert "binder-stop-reason" in page and "memory limit of 2 GB" in page, page[:4000]
