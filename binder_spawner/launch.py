@@ -140,11 +140,21 @@ def binder_environment(spec, launch_host):
 
 
 def default_url_for(urlpath):
-    """``default_url`` for a ``urlpath`` option: always a path inside the server."""
-    urlpath = (urlpath or "").strip()
+    """``default_url`` for a ``urlpath`` option: always a path inside the server.
+
+    :meth:`RepoPolicy.parse` already refused a urlpath that could climb out of
+    the server's prefix; checked again here because this is where it becomes
+    a URL, whatever the spec came from.
+    """
+    from .repos import urlpath_problem
+
+    urlpath = (urlpath or "").strip().lstrip("/")
     if not urlpath:
         return ""
-    return "/" + urlpath.lstrip("/")
+    problem = urlpath_problem(urlpath)
+    if problem:
+        raise spawn_error(problem, status_code=400)
+    return "/" + urlpath
 
 
 def first_values(data):

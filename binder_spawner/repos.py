@@ -20,7 +20,7 @@ resolutions of the same (repository, ref) share one ``git`` call.
 import dataclasses
 import ipaddress
 import re
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from traitlets import (
     Bool,
@@ -47,6 +47,44 @@ _ENCODE_URI_SAFE = ";,/?:@&=+$-_.!~*'()#"
 _URLPATH_SAFE = "/?&=%#:@!$'()*+,;~-._"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LAUNCH_KEYS = ("urlpath", "labpath", "filepath")
+# More rounds of percent-decoding than any server in front of a notebook applies.
+_DECODE_ROUNDS = 4
+URLPATH_HINT = "The urlpath must be a path inside the server, like lab or tree/a.ipynb."
+
+
+def _path_part(url):
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def urlpath_problem(urlpath):
+    """Why ``urlpath`` could lead out of the server's prefix, as a sentence, or ``""``.
+
+    The server's ``default_url`` is ``/<urlpath>`` below ``/user/<name>/``. A
+    browser resolves ``.`` and ``..`` segments, percent-encoded ones too
+    (``%2e%2e`` is a double-dot segment in the WHATWG URL standard), and
+    servers decode escapes before they route or redirect, some twice. So the
+    path part is decoded until it stops changing (``%252e`` too; ``%2f``
+    becomes a separator, ``%3f`` ends the path), and then may hold no dot
+    segment, backslash or control character. Query and fragment are not
+    paths and are not checked.
+    """
+    path = _path_part(urlpath)
+    for _ in range(_DECODE_ROUNDS):
+        # a decoded "?" or "#" ends the path for whoever reads the decoded URL
+        decoded = _path_part(unquote(path))
+        if decoded == path:
+            break
+        path = decoded
+    else:
+        return "The urlpath is percent-encoded too many times over; give a plain path like lab."
+    if _CONTROL.search(path) or "\\" in path:
+        return "The urlpath contains characters that are not allowed."
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return (
+            "The urlpath must be a path inside the server, like lab or tree/a.ipynb, "
+            "without dot segments (also not percent-encoded)."
+        )
+    return ""
 
 
 @dataclasses.dataclass
@@ -573,11 +611,11 @@ class RepoPolicy(RefResolver):
             raise SpecError("The urlpath is too long.")
         if _CONTROL.search(urlpath) or "\\" in urlpath:
             raise SpecError("The urlpath contains characters that are not allowed.")
-        path_only = urlpath.split("?", 1)[0].split("#", 1)[0]
-        if ".." in path_only.split("/") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", urlpath):
-            raise SpecError(
-                "The urlpath must be a path inside the server, like lab or tree/a.ipynb."
-            )
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", urlpath):
+            raise SpecError(URLPATH_HINT)
+        problem = urlpath_problem(urlpath)
+        if problem:
+            raise SpecError(problem)
         return quote(urlpath, safe=_URLPATH_SAFE)
 
 

@@ -474,6 +474,10 @@ async def test_timed_out_build_is_stopped_and_reported(env):
         pytest.param({"repo": "http://127.0.0.1:1/org/repo"}, 403, "", id="loopback"),
         pytest.param({"repo": "file:///etc/passwd"}, 400, "", id="file"),
         pytest.param({"repo": ["a", "b"]}, 400, "string", id="list"),
+        pytest.param(
+            {"urlpath": "lab/%2e%2e/%2e%2e/%2e%2e/hub/admin"}, 400, "dot segments", id="urlpath"
+        ),
+        pytest.param({"labpath": "%2E%2E/.%2e/hub/admin"}, 400, "dot segments", id="labpath"),
     ],
 )
 async def test_user_options_abuse_through_the_api_is_refused(env, options, status, fragment):
@@ -537,4 +541,43 @@ async def test_hub_restart_during_a_build_reattaches(env):
     assert len(env.builds_of(url)) == 1, env.builds_of(url)
     assert await env.usage(url) == 1
     await env.stop("alice", "r")
+    assert await env.usage(url) == 0
+
+
+URLPATH_ESCAPES = [
+    ("urlpath", "lab/%2e%2e/%2e%2e/%2e%2e/hub/admin"),
+    ("urlpath", "%2E%2E/.%2e/hub/admin"),
+    ("urlpath", "lab/%252e%252e/%252e%252e/hub/admin"),
+    ("urlpath", "lab%2f..%2f..%2f..%2fhub%2fadmin"),
+    ("labpath", "%2e%2e/%2e%2e/%2e%2e/hub/admin"),
+    ("filepath", "../../../hub/admin"),
+]
+
+
+async def test_urlpath_never_leaves_the_server(env):
+    url = env.git.create_repo("org/urlpath", FILES)
+    browser = env.hub.browser()
+    # a launch link whose urlpath would climb out of /user/<name>/ to any hub page
+    for key, value in URLPATH_ESCAPES:
+        params = {"repo": url, "ref": "main", key: value}
+        async with browser.get(env.hub.url + "/hub/spawn", params=params) as resp:
+            page = await resp.text()
+            assert resp.status == 400, (key, value, resp.status)
+            assert "without dot segments" in page or "too many times" in page, (key, value)
+    status, users = await env.hub.api("GET", "/users")
+    (user,) = [u for u in users if u["name"].startswith("urlpath-")]
+    assert user["servers"] == {}
+
+    # a name with encoded dots in it is no dot segment: it opens, inside the server
+    params = {"repo": url, "ref": "main", "urlpath": "tree/%2e%2e%2eREADME.md"}
+    async with browser.get(env.hub.url + "/hub/spawn", params=params) as resp:
+        assert resp.status == 200, await resp.text()
+    events = await env.progress(user["name"], "")
+    assert events[-1].get("ready"), events[-1]
+    async with browser.get(env.hub.url + f"/user/{user['name']}/", allow_redirects=False) as resp:
+        assert resp.status == 302
+        location = resp.headers["Location"]
+    path = location.split("?", 1)[0]
+    assert path == f"/user/{user['name']}/tree/%2e%2e%2eREADME.md", location
+    await env.stop(user["name"], "")
     assert await env.usage(url) == 0

@@ -192,6 +192,44 @@ def test_default_url_stays_inside_the_server(urlpath, default_url):
     assert launch.default_url_for(urlpath) == default_url
 
 
+ESCAPING_URLPATHS = [
+    pytest.param("lab/%2e%2e/%2e%2e/%2e%2e/hub/admin", id="encoded-dotdot"),
+    pytest.param("%2E%2E/%2e./.%2E/hub/admin", id="mixed-case-and-half-encoded"),
+    pytest.param("lab/%252e%252e/%252e%252e/hub/admin", id="double-encoded"),
+    pytest.param("lab%2f..%2f..%2fhub", id="encoded-slash"),
+    pytest.param("lab/%5c..%5c..%5chub", id="encoded-backslash"),
+    pytest.param("lab/./../../hub", id="plain-dots"),
+    pytest.param("lab/%2e%2e%3fx=1", id="encoded-query-mark"),
+    pytest.param("lab/%25252525252e%25252525252e/hub", id="encoded-over-and-over"),
+]
+
+
+@pytest.mark.parametrize("urlpath", ESCAPING_URLPATHS)
+def test_escaping_urlpaths_are_refused(spawner, urlpath):
+    for key, value in (("urlpath", urlpath), ("labpath", urlpath), ("filepath", urlpath)):
+        with pytest.raises(SpawnException) as info:
+            spawner.launch_spec({"repo": "gh/org/repo/main", key: value})
+        assert info.value.status_code == 400
+        assert "urlpath" in info.value.message
+    # and if one ever reached the server's default_url (a spec from elsewhere)
+    with pytest.raises(SpawnException):
+        launch.default_url_for(urlpath)
+
+
+@pytest.mark.parametrize(
+    "urlpath",
+    [
+        pytest.param("lab/tree/a%20b.ipynb", id="space"),
+        pytest.param("lab/tree/..a/b..", id="dots-in-names"),
+        pytest.param("lab/tree/a.ipynb?path=../x#/../y", id="dots-in-query"),
+        pytest.param("voila/render/%2e%2eweird.ipynb", id="encoded-dots-in-a-name"),
+    ],
+)
+def test_harmless_dots_pass(spawner, urlpath):
+    spec = spawner.launch_spec({"repo": "gh/org/repo/main", "urlpath": urlpath})
+    assert launch.default_url_for(spec.urlpath) == "/" + spec.urlpath
+
+
 def test_state_round_trip(spawner):
     spawner.launch_state = {"repo": "gh/org/repo", "commit": COMMIT, "reservation": "r1"}
     state = spawner.get_state()

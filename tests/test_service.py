@@ -253,6 +253,8 @@ async def test_launch_redirects(env, path, repo, ref, urlpath):
     [
         pytest.param("v2/xx/org/repo/main", id="unknown-provider"),
         pytest.param("v2/gh/org", id="incomplete"),
+        pytest.param("v2/gh/org/repo/main?urlpath=lab/%252e%252e/%252e%252e/hub", id="urlpath"),
+        pytest.param("v2/gh/org/repo/main?labpath=%252E%252E%252Fhub", id="labpath"),
     ],
 )
 async def test_launch_rejects_bad_specs(env, path):
