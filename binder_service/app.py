@@ -440,6 +440,12 @@ class BinderService(Application):
         )
         return slot, created
 
+    async def server_running(self, user, server):
+        """True while the hub shows ``user``'s ``server`` starting or running (not stopping)."""
+        model = await self.hub.user(user)
+        found = ((model or {}).get("servers") or {}).get(server)
+        return bool(found) and not found.get("stopped") and found.get("pending") != "stop"
+
     def release(self, reservation_id):
         slot = self.store.release(reservation_id)
         if slot is not None:

@@ -4,8 +4,10 @@ REST API (JSON, ``Authorization: token T`` with a JupyterHub token):
 
 - ``POST api/reservations`` ``{"user", "server", "repo"}`` -> 201 (new) or 200
   (renewed) reservation; 429 with ``Retry-After`` when a limit is reached.
-- ``DELETE api/reservations/{id}`` -> 204.
-- ``GET api/usage`` -> ``{"total": n, "repos": {repo_key: n}}``.
+- ``DELETE api/reservations/{id}`` -> 204; the user's own token only once
+  the hub shows the server stopping or gone.
+- ``GET api/usage`` -> ``{"total": n, "repos": {repo_key: n}}``, with the
+  unfiltered ``read:servers`` scope only.
 - ``GET api/placement?image=IMAGE`` -> ``{"nodes": [{"name", "weight"}]}``.
 
 Public: ``v2/<provider>/<spec>`` launch links (redirect to the hub's spawn
@@ -92,6 +94,11 @@ class BaseHandler(web.RequestHandler):
         """True if ``identity`` is ``user`` or holds ``admin:servers`` for them."""
         if identity.get("kind") == "user" and identity.get("name") == user:
             return True
+        return self.is_admin_for(identity, user)
+
+    @staticmethod
+    def is_admin_for(identity, user):
+        """True if ``identity`` holds ``admin:servers`` for ``user``."""
         scopes = set(identity.get("scopes") or [])
         return bool({"admin:servers", f"admin:servers!user={user}"} & scopes)
 
@@ -147,6 +154,14 @@ class ReservationHandler(BaseHandler):
             raise web.HTTPError(404, "No such reservation.")
         if not self.may_act_for(identity, slot.user):
             raise web.HTTPError(403, "You can only release reservations for your own servers.")
+        if not self.is_admin_for(identity, slot.user) and await self.service.server_running(
+            slot.user, slot.server
+        ):
+            # the user's token is also the server's: only the spawner's stop path
+            # (the hub shows the server stopping or gone) gives the slot back
+            raise web.HTTPError(
+                403, "This server is still running; its reservation ends when it stops."
+            )
         self.service.release(reservation_id)
         self.set_status(204)
         self.finish()
@@ -154,7 +169,11 @@ class ReservationHandler(BaseHandler):
 
 class UsageHandler(BaseHandler):
     async def get(self):
-        await self.identity()
+        identity = await self.identity()
+        # which repositories run is other visitors' business: admins and
+        # services that may read every server (read:servers, unfiltered) only
+        if "read:servers" not in set(identity.get("scopes") or []):
+            raise web.HTTPError(403, "Only hub admins and services can read the usage.")
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(await self.service.usage()))
 

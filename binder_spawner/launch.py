@@ -603,7 +603,7 @@ class BinderLaunchMixin(LoggingConfigurable):
             self.default_url = default_url_for(spec.urlpath) or self._configured_default_url
         except BaseException:
             self.launch_progress.close()
-            await self._release_after_failure()
+            await self._keep_reservation_after_failure()
             raise
         self.log.debug(
             "Binder launch of %s prepared in %.1f ms",
@@ -615,26 +615,52 @@ class BinderLaunchMixin(LoggingConfigurable):
         try:
             return await super().start()
         except BaseException:
-            await self._release_after_failure()
+            await self._keep_reservation_after_failure()
             raise
 
-    async def _release_after_failure(self):
+    async def _keep_reservation_after_failure(self):
+        """Keep the reservation of a failed launch in the state, to be released after the stop.
+
+        The hub stops a server whose start failed (``User.spawn`` calls
+        ``User.stop``, jupyterhub 5.5 and 6.1), which runs
+        :meth:`run_post_stop_hook` even when it skips ``stop()`` because
+        ``poll()`` finds nothing running. The service frees a user's slot
+        only once the hub shows the server stopping: the user's token is the
+        server's too, and must not free a slot while the server can still
+        come up.
+        """
         slot, self._slot = self._slot, None
-        if slot is not None:
-            # the reservation may still be on its way: it is released once it arrives
-            try:
-                reservation = await asyncio.shield(slot)
-            except Exception:
-                reservation = None
-            if reservation and self.launch_state is not None:
-                self.launch_state["reservation"] = reservation
+        if slot is None:
+            return
+        # the reservation may still be on its way
         try:
-            await asyncio.shield(self.release_slot())
+            reservation = await asyncio.shield(slot)
         except Exception:
-            self.log.exception("Releasing the reservation of %s failed", self._log_name)
+            reservation = None
+        if reservation and self.launch_state is not None:
+            self.launch_state["reservation"] = reservation
 
     async def stop(self, now=False):
         try:
             await super().stop(now=now)
+        finally:
+            await self.release_slot()
+
+    def run_post_stop_hook(self):
+        """Run the admin's ``post_stop_hook``, then release a slot still held (a failed launch).
+
+        ``User.stop`` (jupyterhub 5.5 and 6.1) calls this after every stop,
+        before ``clear_state()``, while the hub shows the server stopping,
+        and awaits what it returns. With nothing to release it returns as
+        the parent does, leaving the hub's stop sequence untouched.
+        """
+        result = super().run_post_stop_hook()
+        if not (self.launch_state or {}).get("reservation"):
+            return result
+        return self._release_after_stop(result)
+
+    async def _release_after_stop(self, hook_result):
+        try:
+            return await maybe_future(hook_result)
         finally:
             await self.release_slot()

@@ -20,9 +20,11 @@ import jupyterhub
 import pytest
 import pytest_asyncio
 
+from binder_service.limits import reservation_id
 from binder_spawner import build
 from binder_spawner.launch import repo_hash
 
+from .authhub import browser_api
 from .gitserver import GitServer
 from .hub import start_hub
 from .k8s.catalog import GENERIC, SINGLEUSER
@@ -580,4 +582,32 @@ async def test_urlpath_never_leaves_the_server(env):
     path = location.split("?", 1)[0]
     assert path == f"/user/{user['name']}/tree/%2e%2e%2eREADME.md", location
     await env.stop(user["name"], "")
+    assert await env.usage(url) == 0
+
+
+async def test_anonymous_token_cannot_free_its_slot_or_list_repositories(env):
+    url = env.git.create_repo("org/cheap-slot", FILES)
+    browser = env.hub.browser()
+    async with browser.get(env.hub.url + "/hub/spawn", params={"repo": url, "ref": "main"}) as resp:
+        assert resp.status == 200, await resp.text()
+    status, users = await env.hub.api("GET", "/users")
+    (name,) = [u["name"] for u in users if u["name"].startswith("cheap-slot-")]
+    await env.wait_ready(name, "")
+    # any visitor can make itself a token; the slot's id is predictable
+    status, text = await browser_api(
+        env.hub, browser, "POST", f"/users/{name}/tokens", json={"expires_in": 600}
+    )
+    assert status in (200, 201), text
+    token = json.loads(text)["token"]
+    base = f"http://127.0.0.1:{env.service_port}/services/binder/"
+    headers = {"Authorization": f"token {token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(base + "api/usage") as resp:
+            assert resp.status == 403, await resp.text()
+        slot = reservation_id(name, "")
+        async with session.delete(base + f"api/reservations/{slot}") as resp:
+            assert resp.status == 403, await resp.text()
+    assert await env.usage(url) == 1
+    # stopping the server is what gives the slot back
+    await env.stop(name, "")
     assert await env.usage(url) == 0

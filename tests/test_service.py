@@ -362,11 +362,29 @@ async def test_reservations_belong_to_their_user(env):
         json_body={"user": "intruder", "server": "ghost", "repo": "gh/a/b"},
     )
     assert status == 409, body
-    # the owner can release it
-    status, _, _ = await env.service("DELETE", f"api/reservations/{reservation['id']}", token=mine)
-    assert status == 204
+    # The owner's token is also its server's: it cannot give the slot back while
+    # the server runs (that would let it start more than the limit), nor read
+    # which repositories other visitors run.
+    status, body, _ = await env.service(
+        "DELETE", f"api/reservations/{reservation['id']}", token=mine
+    )
+    assert status == 403, body
+    assert "still running" in body["message"]
+    assert (await env.usage())["repos"]["gh/binder-examples/owned"] == 1
+    status, body, _ = await env.service("GET", "api/usage", token=mine)
+    assert status == 403, body
+    assert "repos" not in body
+    # once the server is stopped, the owner may release it (or it is gone already)
     status, _ = await env.hub.api("DELETE", "/users/owner/server")
     assert status in (202, 204)
+
+    async def stopped():
+        return "" not in (await env.servers("owner") or {})
+
+    await poll(stopped, timeout=30, message="owner's server to stop")
+    status, _, _ = await env.service("DELETE", f"api/reservations/{reservation['id']}", token=mine)
+    assert status in (204, 404)
+    assert "gh/binder-examples/owned" not in (await env.usage())["repos"]
 
 
 async def test_launch_events(env):
