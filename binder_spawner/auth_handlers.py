@@ -24,7 +24,34 @@ def _anonymous_authenticator(handler):
     return authenticator if isinstance(authenticator, AnonymousAuthenticator) else None
 
 
-class AnonymousLoginHandler(LoginHandler):
+class SameSiteCookiesMixin:
+    """Every cookie the handler sets is ``SameSite=Lax``, and ``Secure`` on an https hub.
+
+    JupyterHub sets no ``SameSite`` (``BaseHandler._set_cookie``, 5.5 and
+    6.1), so browsers that default to ``None`` would send the identity
+    cookie with requests other sites make. ``Lax`` still sends it when a
+    visitor follows a Binder link from another site (a top-level GET), which
+    is how launches arrive. An explicit value in
+    ``JupyterHub.tornado_settings["cookie_options"]`` wins. tornado's
+    ``set_signed_cookie`` and ``clear_cookie`` go through ``set_cookie``.
+    """
+
+    def set_cookie(self, name, value, *args, **kwargs):
+        if not kwargs.get("samesite"):
+            kwargs["samesite"] = "Lax"
+        if self._served_over_https():
+            kwargs["secure"] = True
+        return super().set_cookie(name, value, *args, **kwargs)
+
+    def _served_over_https(self):
+        # as JupyterHub decides for its own cookies: public_url if set, else the request
+        public_url = self.settings.get("public_url")
+        if public_url:
+            return public_url.scheme == "https"
+        return self.request.protocol == "https"
+
+
+class AnonymousLoginHandler(SameSiteCookiesMixin, LoginHandler):
     """JupyterHub's login handler with a stricter check of ``next``.
 
     ``LoginHandler.get`` (jupyterhub 5.5/6.1 ``handlers/login.py``) passes
@@ -65,7 +92,7 @@ class AnonymousSessionHandler(AnonymousLoginHandler):
         self.redirect(self.get_next_url(user))
 
 
-class AnonymousLogoutHandler(LogoutHandler):
+class AnonymousLogoutHandler(SameSiteCookiesMixin, LogoutHandler):
     """Logout that discards an anonymous identity.
 
     For members of the authenticator's group: stops all servers (whatever
@@ -125,7 +152,7 @@ def _option(options, key):
     return (value or "").strip() if isinstance(value, str) else ""
 
 
-class LaunchRouterHandler(SpawnHandler):
+class LaunchRouterHandler(SameSiteCookiesMixin, SpawnHandler):
     """``/hub/spawn`` for launch links: one browser, several servers.
 
     Only a GET by an anonymous user whose query names a repository is

@@ -321,6 +321,31 @@ async def test_logout_discards_identity_and_stops_servers(hub):
     assert again["name"] != name
 
 
+async def test_cookies_are_same_site_lax_and_secure_over_https(hub):
+    """Every cookie the authenticator's pages set: login, anonymous login, spawn router, logout."""
+    ours = {BASE + "hub/" + p for p in ("login", "anonymous-login", "logout", "spawn")}
+    # X-Scheme stands for a TLS-terminating proxy in front (tornado's xheaders read it)
+    for extra, secure in (({}, False), ({"X-Scheme": "https"}, True)):
+        browser = fresh_browser(hub, **extra)
+        urls = [
+            hub.url + "/hub/login?next=" + quote(BASE + "hub/home"),
+            hub.url + "/hub/anonymous-login?next=" + quote(BASE + "hub/home"),
+            spawn_url(hub, {"repo": "https://github.com/org/cookies"}),
+            hub.url + "/hub/logout",
+        ]
+        cookies = []
+        for url in urls:
+            async with browser.get(url, allow_redirects=False) as resp:
+                assert urlsplit(url).path in ours
+                cookies += resp.headers.getall("Set-Cookie", [])
+        names = {cookie.split("=", 1)[0] for cookie in cookies}
+        assert {"jupyterhub-hub-login", "jupyterhub-session-id"} <= names, cookies
+        for cookie in cookies:
+            attributes = [a.strip().lower() for a in cookie.split(";")[1:]]
+            assert "samesite=lax" in attributes, cookie
+            assert ("secure" in attributes) == secure, cookie
+
+
 async def user_token(hub, browser, name):
     """A new API token of the browser's user, made by that user through the REST API."""
     status, text = await browser_api(hub, browser, "POST", f"/users/{name}/tokens", json={})
