@@ -8,11 +8,15 @@ syntax and its web URLs, and know the repository URL git clones and the
 the same image name:
 
 - ``gh/<user>/<repo>/<ref>``: the ref may contain ``/``; a trailing ``.git``
-  is dropped from the repo name; slug ``<user>-<repo>``. The spec keeps the
+  is dropped from the repo name; slug ``<user>-<repo>``. Names are
+  lower-cased where the host ignores case (GitHub, GitLab, gists), so every
+  spelling of one repository gives BinderHub's image name for the
+  lower-case spelling. The spec keeps the
   ref's percent-encoding, the ref is resolved URL-decoded (as GitHub's API does).
 - ``gl/<url-encoded namespace>/<ref>``: slug is the namespace with ``-``
   doubled as ``_-`` and ``/`` turned into ``-``; the ref is URL-decoded.
-- ``git/<url-encoded URL>/<ref>``: slug is the URL; the ref is URL-decoded.
+- ``git/<url-encoded URL>/<ref>``: slug is the URL without a trailing ``/``
+  or ``.git``; the ref is URL-decoded.
 - ``gist/<user>/<gist id>[/<revision>]``: slug is the gist id.
 
 Unlike BinderHub a missing ref means ``HEAD``. A provider for a DOI archive
@@ -97,6 +101,8 @@ class GitHubProvider(Provider):
         repo = _strip_git(repo)
         if not _GH_USER.match(user) or not _GH_REPO.match(repo) or repo in (".", ".."):
             raise _bad_repo(self.display_name)
+        # GitHub ignores case in user and repository names: one spelling, one image
+        user, repo = user.lower(), repo.lower()
         return RepoRef(
             provider=self.name,
             repo=f"{user}/{repo}",
@@ -144,6 +150,7 @@ class GistProvider(Provider):
     def make(self, user, gist_id, ref, base_url):
         if not _GH_USER.match(user) or not _GIST_ID.match(gist_id):
             raise _bad_repo(self.display_name)
+        user, gist_id = user.lower(), gist_id.lower()
         # BinderHub: "", HEAD, master and main all mean the latest revision
         if ref in ("", "HEAD", "master", "main"):
             ref = "HEAD"
@@ -186,6 +193,9 @@ class GitLabProvider(Provider):
             )
         if not all(_GL_PART.match(p) for p in parts):
             raise _bad_repo(self.display_name)
+        # GitLab routes namespaces and projects ignoring case
+        namespace = namespace.lower()
+        parts = namespace.split("/")
         ref = ref or "HEAD"
         return RepoRef(
             provider=self.name,
@@ -226,17 +236,25 @@ class GitProvider(Provider):
     display_name = "Git"
 
     def make(self, url, ref):
-        """``url`` must already be checked and normalised by the caller."""
+        """``url`` must already be checked and normalised by the caller.
+
+        Trailing slashes are dropped (git ignores them). The key and the build
+        slug also drop a trailing ``.git``: ``https://host/org/repo`` and
+        ``https://host/org/repo.git`` are one repository on every common git
+        host, so they share a limit and an image (BinderHub's name for the
+        spelling without ``.git``). The URL cloned keeps it, as some plain
+        git servers need it.
+        """
         ref = ref or "HEAD"
-        key_url = url.rstrip("/")
-        key_url = _strip_git(key_url)
+        url = url.rstrip("/")
+        canonical = _strip_git(url)
         return RepoRef(
             provider=self.name,
             repo=quote(url, safe=""),
             ref=ref,
             repo_url=url,
-            build_slug=url,
-            key=f"{self.name}/{quote(key_url, safe='')}",
+            build_slug=canonical,
+            key=f"{self.name}/{quote(canonical, safe='')}",
             spec_ref=quote(ref, safe="/"),
         )
 

@@ -144,6 +144,36 @@ class LaunchSpec:
         }
 
 
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _normalise_path(path):
+    """A URL path in RFC 3986 normal form: unreserved escapes decoded, dot segments removed.
+
+    ``/org/../org/repo``, ``/org/./repo`` and ``/org/%72epo`` are ``/org/repo``
+    (curl, which git uses, removes dot segments itself): one repository has
+    one spelling, hence one limit key and one image.
+    """
+
+    def unescape(match):
+        char = chr(int(match[1], 16))
+        return char if char in _UNRESERVED else match[0].upper()
+
+    segments = _ESCAPE.sub(unescape, path).split("/")
+    out = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment in (".", ".."):
+            if segment == ".." and len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/".join(out)
+
+
 def _git_key(url):
     return PROVIDERS["git"].make(url, "").key
 
@@ -512,7 +542,7 @@ class RepoPolicy(RefResolver):
         default_port = 443 if scheme == "https" else 80
         port = port or default_port
         self._check_host_offline(host, port)
-        path = parts.path
+        path = _normalise_path(parts.path)
         if not path.strip("/"):
             raise SpecError("The repository URL has no path to a repository.")
         if _CONTROL.search(path) or " " in path or "\\" in path:

@@ -611,3 +611,36 @@ async def test_anonymous_token_cannot_free_its_slot_or_list_repositories(env):
     # stopping the server is what gives the slot back
     await env.stop(name, "")
     assert await env.usage(url) == 0
+
+
+async def test_aliases_of_one_repository_share_a_build_and_a_limit(env):
+    url = env.git.create_repo("org/cheap-alias", FILES)
+    host, path = url.rsplit("/org/", 1)
+    aliases = [
+        url,
+        url + ".git",
+        url + "/",
+        f"{host}/org/../org/{path}",
+        f"{host}/org/./%63heap-alias",
+    ]
+    await env.user("alice")
+    names = [f"alias{i}" for i in range(len(aliases))]
+    results = await asyncio.gather(
+        *(
+            env.launch("alice", n, {"repo": a, "ref": "main"})
+            for n, a in zip(names, aliases, strict=True)
+        )
+    )
+    assert all(status == 202 for status, _ in results), results
+    await asyncio.gather(*(env.wait_ready("alice", n, timeout=180) for n in names))
+    # one build, one image, and every alias counts against the one repository
+    assert len(env.builds_of(url)) == 1, env.build_pods
+    images = {env.user_pod("alice", n)["spec"]["containers"][0]["image"] for n in names}
+    assert len(images) == 1, images
+    labels = {env.user_pod("alice", n)["metadata"]["labels"][build.REPO_HASH_LABEL] for n in names}
+    assert labels == {env.repo_key(url)}
+    assert await env.usage(url) == len(aliases)
+    status, usage = await env.service("GET", "api/usage")
+    assert [k for k in usage["repos"] if "cheap-alias" in k] == [env.raw_repo_key(url)]
+    await asyncio.gather(*(env.stop("alice", n) for n in names))
+    assert await env.usage(url) == 0

@@ -34,8 +34,9 @@ def test_issue_example():
             id="gh-url-same-as-spec",
         ),
         pytest.param(
+            # GitHub ignores case: BinderHub's name for the lower-case spelling
             "gh/Org/My_Repo.git/main",
-            f"org-2dmy-5frepo-{sha6('Org-My_Repo')}",
+            f"org-2dmy-5frepo-{sha6('org-my_repo')}",
             id="gh-case-underscore-dotgit",
         ),
         pytest.param(
@@ -45,8 +46,9 @@ def test_issue_example():
             id="gl",
         ),
         pytest.param(
+            # with or without .git: BinderHub's name for the URL without
             "git/https%3A%2F%2Fexample.org%2Fr.git/main",
-            f"https-3a-2f-2fexample-2eorg-2fr-2egit-{sha6('https://example.org/r.git')}",
+            f"https-3a-2f-2fexample-2eorg-2fr-{sha6('https://example.org/r')}",
             id="git-url-slug",
         ),
         pytest.param("gist/someone/0123abcd", f"0123abcd-{sha6('0123abcd')}", id="gist"),

@@ -4,6 +4,7 @@ import pytest
 from traitlets import TraitError
 
 from binder_spawner import gitref
+from binder_spawner.images import image_name
 from binder_spawner.repos import LaunchSpec, RepoPolicy, SpecError
 
 SHA = "1479e0252b2e648bb755ee913292b79495931717"
@@ -48,8 +49,8 @@ ACCEPTED = [
     P(
         "v2/gh/Org/Repo/main",
         "gh",
-        "gh/Org/Repo/main",
-        "https://github.com/Org/Repo",
+        "gh/org/repo/main",
+        "https://github.com/org/repo",
         "main",
         key="gh/org/repo",
         id="v2-prefix-case",
@@ -636,7 +637,7 @@ def test_rejected(value, status, message, settings):
 
 def test_allowed_specs_and_hosts():
     policy = RepoPolicy(allowed_specs=["^gh/mine/"])
-    assert policy.parse("https://github.com/Mine/repo").spec == "gh/Mine/repo/HEAD"
+    assert policy.parse("https://github.com/Mine/repo").spec == "gh/mine/repo/HEAD"
     policy = RepoPolicy(
         allow_http=True, allowed_hosts=["10.0.0.5:8080", "git.internal", "[fd00::1]"]
     )
@@ -748,6 +749,53 @@ def test_launch_spec_built_by_hand_derives_slug_and_key(policy, link):
         commit=SHA,
     )
     assert (by_hand.build_slug, by_hand.repo_key) == (parsed.build_slug, parsed.repo_key)
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        pytest.param(
+            [
+                "gh/org/repo/main",
+                "gh/Org/Repo/main",
+                "gh/org/repo.git/main",
+                "https://github.com/org/repo",
+                "https://github.com/org/../org/repo/",
+                "https://GitHub.com/ORG/Repo.git",
+                "https://github.com/org/./repo/tree/main",
+                "https://github.com/org/%72epo",
+            ],
+            id="github",
+        ),
+        pytest.param(
+            [
+                "https://example.org/org/repo",
+                "https://example.org/org/repo/",
+                "https://example.org/org/repo.git",
+                "https://example.org/org/../org/repo",
+                "https://example.org/x/%2e%2e/org/./repo",
+                "https://EXAMPLE.org:443/org/%72epo",
+                "git/https%3A%2F%2Fexample.org%2Forg%2Frepo.git/main",
+            ],
+            id="git",
+        ),
+        pytest.param(
+            [
+                "gl/group%2Fproj/main",
+                "gl/Group%2FProj/main",
+                "https://gitlab.com/group/proj.git",
+                "https://gitlab.com/group/x/../proj",
+            ],
+            id="gitlab",
+        ),
+    ],
+)
+def test_aliases_of_one_repository_share_key_and_image(policy, links):
+    specs = [policy.parse(link) for link in links]
+    assert len({spec.repo_key for spec in specs}) == 1, [s.repo_key for s in specs]
+    assert len({image_name(spec, SHA) for spec in specs}) == 1, [s.build_slug for s in specs]
+    # the canonical spelling's name is BinderHub's for that spelling
+    assert image_name(specs[0], SHA) == image_name(specs[0].spec, SHA)
 
 
 def test_git_urls_on_provider_hosts_count_as_that_repository(policy):
