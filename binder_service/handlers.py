@@ -26,6 +26,19 @@ from .limits import LimitExceeded
 MAX_NAME = 255
 
 
+def error_text(error):
+    """The sentence of a ``web.HTTPError``, as written.
+
+    tornado 6.5 made ``log_message`` a property that doubles every ``%`` when
+    the error has no ``%s`` arguments; ``get_message()`` (6.5+) undoes that.
+    """
+    get_message = getattr(error, "get_message", None)
+    if get_message is not None:
+        return get_message() or ""
+    message = error.log_message or ""
+    return message % error.args if error.args else message
+
+
 class BaseHandler(web.RequestHandler):
     """Shared plumbing: the application, JSON bodies, token authentication."""
 
@@ -44,21 +57,21 @@ class BaseHandler(web.RequestHandler):
     def write_error(self, status_code, **kwargs):
         message = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
+        if isinstance(exc, web.HTTPError) and error_text(exc):
+            message = error_text(exc)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 
     def log_exception(self, typ, value, tb):
         # tornado's default names the client address: keep it out of the log.
         if isinstance(value, web.HTTPError):
-            if value.log_message:
+            if error_text(value):
                 self.log.warning(
                     "%s %s %s: %s",
                     value.status_code,
                     self.request.method,
                     self.request.path,
-                    value.log_message % value.args if value.args else value.log_message,
+                    error_text(value),
                 )
         else:
             self.log.error(
@@ -194,7 +207,7 @@ class LaunchHandler(BaseHandler):
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) or self._reason
+        message = (error_text(exc) if isinstance(exc, web.HTTPError) else "") or self._reason
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(message + "\n")
 

@@ -263,6 +263,23 @@ async def test_launch_rejects_bad_specs(env, path):
     assert isinstance(body, str) and body.strip()
 
 
+@pytest.mark.parametrize(
+    "path, shown",
+    [
+        pytest.param("v2/gl/proj/main", '"gl/group%2Fproject/main"', id="gitlab-hint"),
+        pytest.param(
+            "v2/git/example.org%2Frepo/main",
+            '"git/https%3A%2F%2Fexample.org%2Frepo.git/main"',
+            id="git-hint",
+        ),
+    ],
+)
+async def test_launch_errors_show_specs_as_written(env, path, shown):
+    status, body, _ = await env.service("GET", path, direct=False)
+    assert status == 400
+    assert shown in body and "%%" not in body
+
+
 async def test_reservations_at_the_limit(env):
     tokens = {name: await env.user(name) for name in ("lim1", "lim2", "lim3")}
     await env.start_server("lim1")
