@@ -495,6 +495,14 @@ class EnvironmentBuilder(SingletonConfigurable):
 
     async def _run_build(self, task, repo_url, commit, git_config=None):
         try:
+            await self._run_build_inner(task, repo_url, commit, git_config)
+        finally:
+            canceller = getattr(task, "canceller", None)
+            if canceller is not None:
+                canceller.cancel()
+
+    async def _run_build_inner(self, task, repo_url, commit, git_config=None):
+        try:
             env = await self._build_locked(task, repo_url, commit, git_config)
         except asyncio.CancelledError:
             task.finish(error=BuildError("The build was cancelled: nobody was waiting for it."))
@@ -653,8 +661,9 @@ class EnvironmentBuilder(SingletonConfigurable):
             args += ["-r", plan.requirements]
         if plan.install_repo:
             args.append(".")
-        task.add_line("Installing " + " ".join(args))
-        await run(install + args, cwd=repo_in, extra=extra)
+        if args:
+            task.add_line("Installing " + " ".join(args))
+            await run(install + args, cwd=repo_in, extra=extra)
         # as repo2docker: chmod +x binder/postBuild and binder/start, as the build uid
         scripts = [s for s in (plan.post_build, plan.start) if s]
         if scripts:

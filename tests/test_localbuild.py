@@ -4,6 +4,7 @@ import asyncio
 import glob
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -332,3 +333,80 @@ async def test_clone_goes_to_the_pinned_address_only(git, build_root):
     env = await pinned.result()
     assert any("Cloning" in line for line in lines)
     assert exists(env.repo_dir, "requirements.txt")
+
+
+async def test_unknown_commit_is_refused_after_one_fetch(git, build_root):
+    url = git.create_repo("org/known", {"requirements.txt": ""})
+    builder = make_builder(build_root)
+    missing = "0123456789abcdef" * 2 + "01234567"
+    first = builder.build(url, missing)
+    lines = await collect(first)
+    with pytest.raises(BuildError, match="does not exist"):
+        await first.result()
+    assert any("Cloning" in line for line in lines)
+    # the next launch of that commit is answered at once: no clone, no fetch
+    second = builder.build(url, missing)
+    assert await collect(second) == []
+    with pytest.raises(BuildError, match="does not exist"):
+        await second.result()
+
+
+async def test_abandoned_build_is_cancelled_and_leaves_nothing(git, build_root):
+    url = git.create_repo(
+        "org/slow", {"postBuild": "#!/bin/sh\necho postbuild-started-here\nsleep 120\n"}
+    )
+    builder = make_builder(build_root, abandoned_build_grace=1)
+    task = builder.build(url, git.sha("org/slow"))
+    # a launch follows the build until postBuild runs, then goes away
+    follower = task.follow()
+    async for line in follower:
+        if "postbuild-started-here" in line:
+            break
+    await follower.aclose()  # what a cancelled launch does to it
+    assert task.followers == 0
+    with pytest.raises(BuildError, match="cancelled"):
+        await asyncio.wait_for(task.result(), 60)
+    assert builder.load(task.key) is None
+    assert not exists(builder.envs_dir, task.key)
+    # nothing of the build runs any more: its cgroup is gone
+    assert not glob.glob(f"/sys/fs/cgroup/pids/**/{builder.instance_id}-build-*", recursive=True)
+
+
+async def test_builds_wait_for_a_slot_and_show_the_step_limit(git, build_root):
+    slow = git.create_repo("org/slot-a", {"postBuild": "#!/bin/sh\nsleep 2\n"})
+    other = git.create_repo("org/slot-b", {"requirements.txt": ""})
+    builder = make_builder(build_root, max_concurrent_builds=1, build_timeout=600)
+    first = builder.build(slow, git.sha("org/slot-a"))
+    await asyncio.sleep(0)
+    second = builder.build(other, git.sha("org/slot-b"))
+    lines_first, lines_second = await asyncio.gather(collect(first), collect(second))
+    await first.result()
+    await second.result()
+    assert any("each step may take up to 10 minutes" in line for line in lines_first)
+    assert any("Waiting for a build slot (1 builds run at once)" in line for line in lines_second)
+
+
+async def test_sealed_environment_is_roots_and_read_only(git, build_root):
+    url = git.create_repo(
+        "org/sealed",
+        {
+            "postBuild": "#!/bin/sh\nset -e\nchmod 4777 postBuild\nmkdir -p data\n"
+            "echo x > data/f\nchmod 777 data data/f\nln data/f data/g\nmkfifo data/fifo\n"
+        },
+    )
+    builder = make_builder(build_root)
+    task = builder.build(url, git.sha("org/sealed"))
+    await collect(task)
+    env = await task.result()
+    for root, dirs, files in os.walk(env.path):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(root, name))
+            assert st.st_uid == 0, (root, name)
+            if not stat.S_ISLNK(st.st_mode):
+                assert not st.st_mode & 0o7022, (root, name, oct(st.st_mode))
+            assert not stat.S_ISFIFO(st.st_mode)
+            assert not stat.S_ISREG(st.st_mode) or st.st_nlink == 1
+    assert read(env.repo_dir, "data", "g") == "x\n"
+    # root's marker is in its own directory, not in the environment
+    assert exists(builder.meta_dir, f"{env.key}.json")
+    assert stat.S_IMODE(os.stat(builder.meta_dir).st_mode) == 0o700
