@@ -69,7 +69,29 @@ def check_local_mode(config):
     servers (bubblewrap; cgroups when the hub is root, unless
     ``Sandbox.require_cgroups`` is False) and the sandbox uids must reach the
     environments directory. Logs which limits this host enforces.
+
+    A config file loaded with ``load_subconfig`` sees only its own settings,
+    so inside a starting hub the check runs once all config files are loaded
+    (the hub loads them in its event loop), on the hub's final configuration.
     """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _check_local_mode(config)
+        return
+    loop.call_soon(_check_started_hub, config)
+
+
+def _check_started_hub(config):
+    from jupyterhub.app import JupyterHub
+
+    if JupyterHub.initialized():
+        config = JupyterHub.instance().config
+    # SystemExit from a loop callback ends the hub's start, with the message
+    _check_local_mode(config)
+
+
+def _check_local_mode(config):
     builder = EnvironmentBuilder(config=config)
     sandbox = Sandbox(config=config, log=builder.log)
     try:
@@ -77,6 +99,7 @@ def check_local_mode(config):
         os.makedirs(builder.envs_dir, mode=0o711, exist_ok=True)
         sandbox.check_reachable(builder.envs_dir)
     except SandboxUnavailable as e:
+        builder.log.critical("jupyterhub-binder local mode cannot start: %s", e)
         raise SystemExit(f"jupyterhub-binder local mode cannot start: {e}") from None
 
 
