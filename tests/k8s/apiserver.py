@@ -149,13 +149,26 @@ class ApiServer:
         self.default_watch_timeout = default_watch_timeout
         self.kubernetes_version = kubernetes_version
         self.request_count = 0
+        #: id -> request, for the requests answered with a stream (watches, followed logs)
+        self.streams = {}
+        if faults is not None:
+            faults.stream_cutters.append(self.cut_streams)
         self.app = web.Application(client_max_size=8 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    def cut_streams(self):
+        """Drop the connection of every open watch and followed log (an outage)."""
+        for request in list(self.streams.values()):
+            if request.transport is not None:
+                request.transport.close()
+        self.streams.clear()
 
     # ------------------------------------------------------------ entry point
 
     async def handle(self, request):
         self.request_count += 1
+        if request.path.rstrip("/") == "/emulator/faults":
+            return await self.fault_admin(request)
         try:
             info = parse_request(request.method, request.path, request.query)
             if self.faults is not None:
@@ -171,6 +184,28 @@ class ApiServer:
         except ApiError as e:
             if e.code >= 500:
                 log.warning("%s %s -> %s %s", request.method, request.path, e.code, e.message)
+            return error_response(e)
+
+    async def fault_admin(self, request):
+        """``/emulator/faults``: GET the rules, POST one, DELETE all (see faults.py)."""
+        try:
+            if self.authorizer is not None and self.authorizer.enforce:
+                header = request.headers.get("Authorization", "")
+                if header != f"Bearer {self.authorizer.admin_token}":
+                    raise ApiError(403, "Forbidden", "the fault controls need the admin token")
+            if self.faults is None:
+                raise ApiError(404, "NotFound", "this API server has no fault injection")
+            if request.method == "POST":
+                try:
+                    self.faults.apply(await request.json())
+                except (ValueError, TypeError, KeyError) as e:
+                    raise errors.bad_request(f"bad fault request: {e}") from None
+            elif request.method == "DELETE":
+                self.faults.clear()
+            elif request.method != "GET":
+                raise ApiError(405, "MethodNotAllowed", "GET, POST or DELETE")
+            return json_response(self.faults.describe())
+        except ApiError as e:
             return error_response(e)
 
     async def dispatch(self, request, info):
@@ -397,6 +432,7 @@ class ApiServer:
         fault = self.faults.watch_fault(info) if self.faults is not None else None
         deadline = time.monotonic() + timeout
         sent = 0
+        self.streams[id(request)] = request
         try:
             await response.prepare(request)
             while True:
@@ -425,6 +461,7 @@ class ApiServer:
         except ConnectionResetError:
             pass  # the client went away
         finally:
+            self.streams.pop(id(request), None)
             watch.close()
         return response
 
@@ -468,6 +505,7 @@ class ApiServer:
         response = web.StreamResponse(
             headers={"Content-Type": "text/plain", "Transfer-Encoding": "chunked"}
         )
+        self.streams[id(request)] = request
         try:
             await response.prepare(request)
             async for entry in stream:
@@ -477,6 +515,7 @@ class ApiServer:
         except ConnectionResetError:
             pass  # the client went away
         finally:
+            self.streams.pop(id(request), None)
             await stream.aclose()
         return response
 

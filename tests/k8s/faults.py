@@ -5,8 +5,21 @@
     faults.add(Fault(latency=0.2))                      # every request, 200 ms slower
     faults.add(Fault(resource="pods", verbs={"watch"}, drop_watch_after=1))
     faults.add(Fault(resource="events", verbs={"watch"}, stall_watch=True))
-    faults.outage(5)                                    # every request 503 for 5 s
+    faults.outage(5)                                    # every request 503 for 5 s, open
+                                                        # watches and log streams cut
     faults.clear()
+
+From outside the process (a benchmark, or a person next to a running hub),
+the API server serves the same controls at ``/emulator/faults`` (always
+answered, whatever the faults; the admin token when RBAC is on)::
+
+    curl -X POST $URL/emulator/faults -d '{"outage": {"seconds": 30, "status": 503}}'
+    curl -X POST $URL/emulator/faults -d '{"fault": {"resource": "pods", "verbs": ["create"],
+                                                    "error_rate": 1.0, "status": 500}}'
+    curl $URL/emulator/faults                     # the rules and the outage left
+    curl -X DELETE $URL/emulator/faults           # clear everything
+
+or ``python -m tests.k8s fault --kubeconfig FILE outage 30`` (see __main__.py).
 
 A rule matches on resource (plural, optionally ``pods/log``), verbs, namespace
 and a path substring; unset fields match everything. Randomness comes from a
@@ -16,7 +29,7 @@ seeded ``random.Random`` so failing runs can be replayed.
 import asyncio
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .errors import ApiError
 
@@ -76,6 +89,8 @@ class FaultInjector:
         self.rng = random.Random(seed)
         self.outage_until = 0.0
         self.outage_status = 503
+        #: called with no arguments when an outage cuts open streams (the API server's)
+        self.stream_cutters = []
 
     def add(self, fault):
         self.rules.append(fault)
@@ -85,10 +100,47 @@ class FaultInjector:
         self.rules.clear()
         self.outage_until = 0.0
 
-    def outage(self, seconds, status=503):
-        """Fail every request (health and discovery included) for ``seconds`` from now."""
+    def describe(self):
+        """The rules and the outage, as JSON-able data (for ``GET /emulator/faults``)."""
+        return {
+            "outage_seconds_left": max(0.0, self.outage_until - time.monotonic()),
+            "outage_status": self.outage_status,
+            "rules": [
+                {k: sorted(v) if isinstance(v, set) else v for k, v in asdict(rule).items()}
+                for rule in self.rules
+            ],
+        }
+
+    def apply(self, body):
+        """Apply one admin request body: ``{"outage": {...}}`` or ``{"fault": {...}}``."""
+        if not isinstance(body, dict) or not body.keys() & {"outage", "fault"}:
+            raise ValueError('expected {"outage": {...}} or {"fault": {...}}')
+        if "outage" in body:
+            options = dict(body["outage"])
+            self.outage(
+                float(options.pop("seconds")),
+                status=int(options.pop("status", 503)),
+                cut_streams=bool(options.pop("cut_streams", True)),
+            )
+            if options:
+                raise ValueError(f"unknown outage options: {sorted(options)}")
+        if "fault" in body:
+            options = dict(body["fault"])
+            if options.get("verbs") is not None:
+                options["verbs"] = set(options["verbs"])
+            self.add(Fault(**options))
+
+    def outage(self, seconds, status=503, cut_streams=True):
+        """Fail every request (health and discovery included) for ``seconds`` from now.
+
+        With ``cut_streams`` (default) the watches and followed logs that are
+        open lose their connection, as when a real API server goes away.
+        """
         self.outage_until = time.monotonic() + seconds
         self.outage_status = status
+        if cut_streams:
+            for cut in self.stream_cutters:
+                cut()
 
     async def before(self, info):
         """Sleep for matching latencies; return an ApiError to send instead, or None."""
