@@ -21,6 +21,7 @@ from binder_service.placement import preferred_node_affinity
 from . import build
 from .builder import BuildFailed, BuildPod, BuildTimedOut
 from .errors import spawn_error
+from .kuberetry import CLUSTER_UNAVAILABLE_MESSAGE, ApiRetry, ClusterUnavailable, is_retryable
 from .launch import BinderLaunchMixin, repo_hash
 from .service_client import BinderServiceError
 
@@ -28,6 +29,8 @@ from .service_client import BinderServiceError
 _SHARED = {}
 #: fire-and-forget tasks, referenced until done
 _BACKGROUND = set()
+#: one lock per shared reflector key: one start (or replacement) at a time
+_REFLECTOR_LOCKS = {}
 
 #: the repo2docker release build pods run by default
 DEFAULT_BUILDER_IMAGE = "quay.io/jupyterhub/repo2docker:2025.08.0"
@@ -306,6 +309,44 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         """,
     ).tag(config=True)
 
+    # -- Kubernetes API faults ------------------------------------------------
+
+    k8s_api_outage_timeout = Float(
+        120,
+        help="""
+        Seconds a launch keeps retrying a Kubernetes API that fails (HTTP
+        5xx, 429 after its ``Retry-After``, refused or timed-out
+        connections) before it fails with "The cluster is not answering.
+        Try again in a few minutes." Counted from the first failure of a
+        call, so a build rides out API blips and control-plane restarts
+        shorter than this. Each attempt is bounded by
+        ``k8s_api_request_timeout``. Also the default of KubeSpawner's
+        ``k8s_api_request_retry_timeout`` (pod creation and deletion).
+        Default 120.
+
+        Example: ``c.BinderSpawner.k8s_api_outage_timeout = 300``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("k8s_api_request_retry_timeout")
+    def _default_k8s_api_request_retry_timeout(self):
+        return int(self.k8s_api_outage_timeout)
+
+    def api_retry(self):
+        """The :class:`~binder_spawner.kuberetry.ApiRetry` of this spawner's calls."""
+        return ApiRetry(
+            request_timeout=self.k8s_api_request_timeout,
+            deadline=self.k8s_api_outage_timeout,
+            log=self.log,
+        )
+
+    def cluster_unavailable(self, error):
+        """The spawn error for an API that kept failing; the detail goes to the log."""
+        self.log.error("Launch of %s failed, Kubernetes API unavailable: %s", self._log_name, error)
+        return spawn_error(CLUSTER_UNAVAILABLE_MESSAGE, status_code=503, reason="cluster")
+
     # -- placement --------------------------------------------------------------
 
     placement_timeout = Float(
@@ -364,6 +405,12 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
     async def prepare_launch(self, spec):
         """Reuse or build the image of ``spec``, ask where it runs best, set ``self.image``."""
+        try:
+            await self._prepare_image(spec)
+        except ClusterUnavailable as e:
+            raise self.cluster_unavailable(e) from None
+
+    async def _prepare_image(self, spec):
         if not self.image_prefix:
             raise spawn_error(
                 "This hub is not configured to build images. Ask its administrator.",
@@ -417,7 +464,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
             log=self.log,
             emit=lambda *args: None,
             image_exists=lambda: None,
-            request_timeout=self.k8s_api_request_timeout,
+            retry=self.api_retry(),
         )
         try:
             found = await pod.read()
@@ -510,7 +557,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
             log=self.log,
             emit=self.emit_progress,
             image_exists=lambda: self.image_exists(image),
-            request_timeout=self.k8s_api_request_timeout,
+            retry=self.api_retry(),
         )
         try:
             await pod.run(self.build_timeout)
@@ -558,3 +605,171 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         node_affinity = spec.affinity.node_affinity
         existing = list(node_affinity.preferred_during_scheduling_ignored_during_execution or [])
         node_affinity.preferred_during_scheduling_ignored_during_execution = existing + terms
+
+    # -- Kubernetes faults: KubeSpawner's part of the launch ---------------------
+
+    #: False from the start of a launch until KubeSpawner's ``_start`` (the user
+    #: pod) begins; None when unknown (e.g. state loaded after a hub restart)
+    _pod_requested = None
+
+    async def start(self):
+        self._pod_requested = False
+        self._start_orphan_sweeper()
+        return await super().start()
+
+    async def _start(self):
+        self._pod_requested = True
+        self._api_failing = False
+        try:
+            return await super()._start()
+        except ClusterUnavailable as e:
+            raise self.cluster_unavailable(e) from None
+        except asyncio.TimeoutError as e:
+            # exponential_backoff's "Could not create pod" after an outage
+            if self._api_failing:
+                raise self.cluster_unavailable(e) from None
+            raise
+
+    _api_failing = False
+
+    async def _make_create_pod_request(self, pod, request_timeout):
+        # KubeSpawner 7.0/7.1 retries only timeouts and 409 here and raises a
+        # 5xx at once (kubespawner/spawner.py ``_make_create_pod_request``,
+        # ``if e.status != 409: raise``): an API blip must not fail a launch
+        # whose image is ready, so outages are retried as timeouts are
+        try:
+            created = await super()._make_create_pod_request(pod, request_timeout)
+        except Exception as e:
+            if not is_retryable(e):
+                raise
+            self._api_failing = True
+            self.log.warning("Creating pod for %s failed (%s), retrying", self._log_name, e)
+            return False
+        self._api_failing = not created
+        return created
+
+    async def _start_reflector(self, kind, reflector_class, replace=False, **kwargs):
+        # Workaround for KubeSpawner 7.0.0 and 7.1.0 ``_start_reflector``
+        # (kubespawner/spawner.py): the new reflector goes into the shared
+        # ``reflectors`` dict *before* its first list, and a failed list leaves
+        # it there with a failed ``first_load_future`` and no watch task; the
+        # fast path (``if previous_reflector and not replace``) then hands that
+        # empty, dead reflector to every later launch, which waits forever for
+        # its pod. A watch that gave up (reflector.py ``_watch_and_update``,
+        # "never recovered, giving up") is as dead. Here a dead reflector is
+        # replaced, a failing start is retried through API outages, and one
+        # start runs at a time per key.
+        key = self._get_reflector_key(kind)
+        lock = _REFLECTOR_LOCKS.setdefault(key, asyncio.Lock())
+
+        async def attempt():
+            async with lock:
+                previous = KubeSpawner.reflectors.get(key)
+                broken = previous is not None and reflector_is_dead(previous)
+                if broken:
+                    self.log.warning("Replacing the failed %s reflector %s", kind, key)
+                try:
+                    return await super(BinderSpawner, self)._start_reflector(
+                        kind, reflector_class, replace=replace or broken, **kwargs
+                    )
+                except Exception:
+                    if previous is not None and not broken:
+                        # a replacement failed: keep the working one
+                        KubeSpawner.reflectors[key] = previous
+                    raise
+
+        try:
+            return await self.api_retry().run(attempt, what=f"list {kind}", bound=False)
+        except ClusterUnavailable as e:
+            raise self.cluster_unavailable(e) from None
+
+    async def poll(self):
+        self._start_orphan_sweeper()
+        if self._pod_requested is False:
+            # the launch failed before the user pod was requested: nothing
+            # runs, and no API call (nor reflector) is needed to say so
+            return 0
+        status = await super().poll()
+        if status is not None:
+            self._report_interrupted_launch()
+        return status
+
+    async def stop(self, now=False):
+        if self._pod_requested is False:
+            await self.release_slot()
+            return
+        await super().stop(now=now)
+
+    def _report_interrupted_launch(self):
+        """After a hub restart, tell the visitor why a pending launch is gone.
+
+        A launch saves its state only once its server runs, so a server the
+        hub has on record, with launch options but no launch state and no
+        pod, is a launch the hub's restart cut off (while it resolved, built
+        or started). JupyterHub shows a spawner's failed ``_spawn_future`` on
+        the spawn-pending page and the progress API, and keeps the spawner
+        for that (jupyterhub 5.5/6.1 ``User.stop``: "pop Spawner *unless* it's
+        stopping due to an error"; ``SpawnPendingHandler``: ``spawner._failed``).
+        """
+        options = self.user_options if isinstance(self.user_options, dict) else {}
+        repo = options.get("repo")
+        if (
+            self.launch_state is not None
+            or self._spawn_future is not None
+            or not isinstance(repo, str)
+            or not repo
+            or self.server is None
+        ):
+            return
+        self.log.warning("Launch of %s was cut off by a hub restart", self._log_name)
+        error = spawn_error(
+            f"The launch of {repo[:200]} was interrupted by a restart of the hub. "
+            "Start it again: a build that was running is reused.",
+            status_code=503,
+            reason="hub-restart",
+        )
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(error)
+        self._spawn_future = future
+
+    # -- builds nobody waits for --------------------------------------------------
+
+    build_orphan_grace_period = Float(
+        300,
+        help="""
+        Seconds a running build pod that no launch of this hub waits for
+        (e.g. after a hub restart) is kept, so that a relaunch of the same
+        image can attach to it, before it is deleted. Finished build pods
+        nobody waits for are deleted at once. Default 300.
+
+        Example: ``c.BinderSpawner.build_orphan_grace_period = 600``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    def _start_orphan_sweeper(self):
+        from .orphans import OrphanBuildSweeper
+
+        key = (type(self), "orphan_sweeper", self.build_namespace)
+        if key in _SHARED:
+            return
+        sweeper = _SHARED[key] = OrphanBuildSweeper(
+            self.api,
+            self.build_namespace,
+            grace_period=self.build_orphan_grace_period,
+            retry=self.api_retry(),
+            log=self.log,
+        )
+        sweeper.start()
+
+
+def reflector_is_dead(reflector):
+    """Did a shared KubeSpawner reflector fail its first list, or its watch give up?"""
+    first = reflector.first_load_future
+    if not first.done():
+        return False  # starting
+    if first.cancelled() or first.exception() is not None:
+        return True
+    task = reflector.watch_task
+    return not reflector._stopping and (task is None or task.done())

@@ -383,8 +383,8 @@ async def test_launch_with_a_build_then_cull(deployment):
         deployment.offset_file.write_text("0")
 
 
-@pytest.mark.parametrize("verb", ["create", "get"])
-async def test_pods_create_and_get_are_needed_for_a_build(deployment, verb):
+@pytest.mark.parametrize("verb", ["create", "watch"])
+async def test_pods_create_and_watch_are_needed_for_a_build(deployment, verb):
     repo = f"org/needs-pods-{verb}"
     url = deployment.git.create_repo(repo, FILES)
     with deployment.revoked("pods", verb):
