@@ -375,6 +375,19 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         # repo2docker --user-id 1000
         return 1000
 
+    @default("start_timeout")
+    def _default_start_timeout(self):
+        # start() includes the build: the hub must not give up before
+        # build_timeout does, plus time for the pod to start
+        return int(self.build_timeout) + 300
+
+    @default("http_timeout")
+    def _default_http_timeout(self):
+        # Binder images start slower than a plain notebook image, more so
+        # when many start at once on one node (nine at once: 41-52 s);
+        # JupyterHub's 30 s failed such launches
+        return 150
+
     @default("automount_service_account_token")
     def _default_automount_service_account_token(self):
         return False

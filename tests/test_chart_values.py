@@ -333,3 +333,10 @@ def test_hub_image_keeps_base_user_and_command():
     # installed against the base image's pins, which exist in the repository
     assert "-c /tmp/jupyterhub-binder/requirements/z2jh-4.4.0.txt" in dockerfile
     assert (REPO_ROOT / "requirements" / "z2jh-4.4.0.txt").exists()
+
+
+def test_the_hub_waits_as_long_as_a_build_may_take():
+    values = merged_values()
+    spawner = values["hub"]["config"]["BinderSpawner"]
+    assert values["singleuser"]["startTimeout"] >= spawner["build_timeout"] + 60
+    assert spawner["http_timeout"] >= 120

@@ -201,3 +201,12 @@ async def test_fault_controls_need_the_admin_token(k8s_cluster):
             ) as resp:
                 assert resp.status == 403
     assert not k8s_cluster.faults.describe()["outage_seconds_left"]
+
+
+async def test_timeouts_fit_a_build(k8s_cluster):
+    spawner = make_spawner("bob")
+    assert (spawner.start_timeout, spawner.http_timeout) == (3900, 150)
+    assert spawner.k8s_api_request_retry_timeout == 120
+    spawner = make_spawner("carol", build_timeout=600, k8s_api_outage_timeout=30)
+    assert spawner.start_timeout == 900
+    assert spawner.k8s_api_request_retry_timeout == 30
