@@ -101,7 +101,10 @@ class PlacementSource(LoggingConfigurable):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._api = None
-        self._snapshot = None  # (monotonic time, rooms, inventory)
+        # One inventory for the service's life: it remembers where images ran
+        # and when they were last used after their pods are gone.
+        self._inventory = placement.ImageInventory()
+        self._snapshot = None  # (monotonic time, rooms, estimates, in_use, pods)
         self._lock = asyncio.Lock()
         self._nodes_forbidden = False
 
@@ -145,13 +148,16 @@ class PlacementSource(LoggingConfigurable):
                 self._nodes_forbidden = True
                 self.log.warning("No permission to list nodes: placing from pods only")
         now = time.time()
-        inventory = placement.inventory_from_cluster(pods, nodes, now=now)
+        in_use = placement.observe_cluster(self._inventory, pods, nodes, now=now)
         if nodes is not None:
             rooms = placement.node_room(nodes, pods)
         else:
             names = {(p.get("spec") or {}).get("nodeName") for p in pods} - {None}
             rooms = {n: placement.NodeRoom(n, UNKNOWN_ROOM, UNKNOWN_ROOM) for n in names}
-        self._snapshot = (time.monotonic(), rooms, inventory, pods)
+        # What each node's image cache holds, least recently used first: the
+        # part of a placement answer that does not depend on the image.
+        estimates = self._inventory.cache_estimates(rooms, now)
+        self._snapshot = (time.monotonic(), rooms, estimates, in_use, pods)
 
     async def refresh(self, max_age=None):
         """List pods and nodes unless the last listing is younger than ``max_age`` seconds.
@@ -168,17 +174,30 @@ class PlacementSource(LoggingConfigurable):
                 except Exception as e:
                     self.log.error("Cannot list pods in %s: %s", self.namespace, e)
                     return None
-        return self._snapshot[3]
+        return self._snapshot[4]
 
     async def rank(self, image):
         """``[(node, weight)]`` for ``image``; empty when disabled or the cluster is unreachable."""
         await self.refresh()
         if self._snapshot is None:
             return []
-        _, rooms, inventory, _ = self._snapshot
-        holders = inventory.holders(image, time.time())
+        return self.rank_snapshot(image, time.time())
+
+    def rank_snapshot(self, image, now):
+        """The placement answer for ``image`` from the last listing (no I/O)."""
+        _, rooms, estimates, in_use, _ = self._snapshot
+        holders = self._inventory.holders(image, now)
+        costs = None
+        if estimates:
+            size = self._inventory.size(image) or self._inventory.typical_size()
+            costs = placement.pull_costs(estimates, size, in_use)
         return placement.rank_nodes(
-            image, rooms, holders, pod_memory=self.pod_memory, max_nodes=self.max_nodes
+            image,
+            rooms,
+            holders,
+            pod_memory=self.pod_memory,
+            max_nodes=self.max_nodes,
+            pull_costs=costs,
         )
 
     async def healthy(self):

@@ -8,11 +8,14 @@ from binder_service.placement import (
     ImageInventory,
     NodeRoom,
     epoch,
+    eviction_cost,
     inventory_from_cluster,
     node_room,
     normalize_image,
+    observe_cluster,
     parse_bytes,
     preferred_node_affinity,
+    pull_costs,
     rank_nodes,
     rendezvous_rank,
 )
@@ -142,7 +145,7 @@ def test_node_room_from_manifests():
 
 def test_inventory_from_pods_and_node_status():
     pods = [
-        pod(IMAGE, "a", start="2026-01-01T00:00:00Z"),
+        pod(IMAGE, "a", phase="Succeeded", start="2026-01-01T00:00:00Z"),
         pod("other:1", "b", start="2026-01-01T00:00:00Z"),
         pod(IMAGE),  # not bound
     ]
@@ -228,3 +231,116 @@ def test_answer_steers_the_z2jh_scheduler():
         "preferredDuringSchedulingIgnoredDuringExecution": preferred_node_affinity(answer)
     }
     assert schedule(user_pod, manifests, busy, Z2JH_USER_SCHEDULER)[0] == answer[0][0]
+
+
+GB = 10**9
+
+
+def test_holders_with_the_most_room_first():
+    order = rendezvous_rank(NODES, IMAGE)
+    room = rooms(*NODES)
+    # order[0] holds the image but has room for 3 more pods, order[5] for 40.
+    room[order[0]] = NodeRoom(order[0], 3 * GiB, 100)
+    room[order[5]] = NodeRoom(order[5], 40 * GiB, 100)
+    answer = rank_nodes(IMAGE, room, {order[0], order[5]})
+    assert answer[:2] == [(order[5], HOLDER_WEIGHT), (order[0], HOLDER_WEIGHT - 1)]
+    # Pod slots count too: plenty of memory, 2 slots left.
+    room[order[5]] = NodeRoom(order[5], 40 * GiB, 2)
+    assert rank_nodes(IMAGE, room, {order[0], order[5]})[0] == (order[0], HOLDER_WEIGHT)
+
+
+def test_eviction_cost_is_the_newest_image_lru_removes():
+    cache = [(10.0, 2 * GB, "old:1"), (20.0, 3 * GB, "mid:1"), (30.0, 1 * GB, "new:1")]
+    assert eviction_cost(cache, 2 * GB, room=2 * GB) == float("-inf")
+    assert eviction_cost(cache, 2 * GB) == 10.0
+    assert eviction_cost(cache, 3 * GB, room=GB // 2) == 20.0
+    assert eviction_cost(cache, 6 * GB) == 30.0
+    # A running pod's image is skipped: the kubelet does not remove it.
+    assert eviction_cost(cache, 2 * GB, in_use={"old:1"}) == 20.0
+    # Nothing left to remove: the cache is bigger than estimated ...
+    assert eviction_cost(cache, 7 * GB) == float("-inf")
+    assert eviction_cost([], GB) == float("-inf")
+    # ... unless images in use fill it.
+    assert eviction_cost(cache, 5 * GB, in_use={"mid:1", "new:1"}) == float("inf")
+
+
+def test_rank_nodes_pulls_where_the_coldest_images_go():
+    order = rendezvous_rank(NODES, IMAGE)
+    costs = {n: 100.0 for n in NODES}
+    costs[order[9]] = 5.0  # evicts an image last used long ago
+    costs[order[4]] = float("-inf")  # fits without evicting
+    answer = rank_nodes(IMAGE, rooms(*NODES), (), pull_costs=costs)
+    assert [n for n, _ in answer] == [order[4], order[9], order[0], order[1]]
+    assert [w for _, w in answer] == [FALLBACK_WEIGHT - i for i in range(4)]
+    # Holders still come first; nodes without an estimate come last.
+    holder = order[12]
+    answer = rank_nodes(IMAGE, rooms(*NODES), {holder}, pull_costs={order[3]: 1.0})
+    assert [n for n, _ in answer] == [holder, order[3], order[0], order[1]]
+    # No estimates: the rendezvous order.
+    assert rank_nodes(IMAGE, rooms(*NODES), (), pull_costs={}) == rank_nodes(
+        IMAGE, rooms(*NODES), ()
+    )
+
+
+def report(*images):
+    return [{"names": [name], "sizeBytes": size} for name, size in images]
+
+
+def test_cache_view_room_and_pull_costs():
+    inventory = ImageInventory(max_age=10_000)
+    # Node a filled its cache to 6 GB once; b holds 2 GB; c never reported.
+    inventory.set_node_images("a", report(("x:1", 3 * GB), ("y:1", 3 * GB)), when=100)
+    inventory.set_node_images("b", report(("z:1", 2 * GB)), when=100)
+    inventory.record("x:1", "a", when=50)
+    inventory.record("y:1", "a", when=80)
+    inventory.record("w:1", "b", when=150)  # ran on b after its report, size unknown
+    assert inventory.cache_view("a", now=200) == [
+        (50, 3 * GB, "x:1"),
+        (80, 3 * GB, "y:1"),
+    ]
+    # Unreported image: the median known size; reported without a pod: last used 0.
+    assert inventory.cache_view("b", now=200) == [
+        (0.0, 2 * GB, "z:1"),
+        (150, 3 * GB, "w:1"),
+    ]
+    assert inventory.cache_room("a", now=200) == 0
+    assert inventory.cache_room("b", now=200) == GB
+    assert inventory.cache_room("c", now=200) == 0
+    estimates = inventory.cache_estimates(["a", "b", "c"], now=200)
+    assert set(estimates) == {"a", "b"}
+    costs = pull_costs(estimates, 2 * GB, {"b": {"z:1"}})
+    # a evicts x (used at 50); b has 1 GB of room, then must evict w (z is in use).
+    assert costs == {"a": 50, "b": 150}
+    assert pull_costs(estimates, GB) == {"a": 50, "b": float("-inf")}
+
+
+def test_cut_off_report_evicts_images_larger_than_its_smallest_entry():
+    inventory = ImageInventory()
+    big = [(f"big-{i}:1", 5 * GB) for i in range(50)]
+    inventory.set_node_images("b", report(("large:1", 6 * GB), ("small:1", GB)), when=10)
+    inventory.record("large:1", "a", when=100)
+    inventory.record("small:1", "a", when=100)
+    # a's list is cut off at 50 entries of 5 GB: a 6 GB image would be listed.
+    inventory.set_node_images("a", report(*big), when=200)
+    assert "a" not in inventory.holders("large:1", now=300)
+    assert "a" in inventory.holders("small:1", now=300)
+    assert inventory.size("large:1") == 6 * GB and inventory.size("unknown:1") is None
+
+
+def test_observe_cluster_keeps_what_pods_no_longer_show():
+    inventory = ImageInventory()
+    # No images in the nodes' status (as without permission to read them).
+    nodes = [node("a"), node("b")]
+    running = pod(IMAGE, "a", start="1970-01-01T00:00:10Z")
+    finished = pod("done:1", "b", phase="Succeeded", start="1970-01-01T00:00:10Z")
+    in_use = observe_cluster(inventory, [running, finished, pod("pending:1")], nodes, now=100)
+    assert in_use == {"a": {IMAGE}}
+    # A running pod uses its image now; a finished one at its start.
+    assert inventory.cache_view("a", now=100) == [(100, 0, IMAGE)]
+    assert inventory.cache_view("b", now=100) == [(10, 0, "done:1")]
+    # The pods are gone at the next listing, the records stay ...
+    assert observe_cluster(inventory, [], nodes, now=200) == {}
+    assert inventory.holders(IMAGE, now=200) == {"a"}
+    # ... until the node is no longer listed.
+    observe_cluster(inventory, [], [node("b")], now=300)
+    assert inventory.holders(IMAGE, now=300) == set()
