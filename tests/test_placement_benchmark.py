@@ -70,3 +70,36 @@ def test_full_cluster_refuses_and_limit_and_table(tmp_path):
     table = run("--trace", trace, "--nodes", 1, "--strategy", "binder")
     assert "binder" in table and "kube-default" not in table
     assert "hit_rate" in table
+
+
+def test_several_traces_report_each_week_and_the_worst_margin(tmp_path):
+    first = write_trace(
+        tmp_path / "a.jsonl.gz",
+        [(1_500_000_000 + 5 * i // 60 * 60, f"org/repo{7 * i % 30}/main") for i in range(300)],
+    )
+    second = write_trace(
+        tmp_path / "b.jsonl.gz",
+        [(1_600_000_000 + 5 * i // 60 * 60, f"org/other{3 * i % 20}/main") for i in range(200)],
+    )
+    report = json.loads(run("--trace", first, "--trace", second, "--json", "--nodes", 5))
+    assert "strategies" not in report
+    weeks = report["weeks"]
+    assert [w["trace"] for w in weeks] == ["a.jsonl.gz", "b.jsonl.gz"]
+    assert [w["images"] for w in weeks] == [30, 20]
+    for week in weeks:
+        bound = week["lower_bound_gb"]
+        for row in week["strategies"].values():
+            assert row["gb_pulled"] >= bound
+            assert row["gb_above_lower_bound"] == round(row["gb_pulled"] - bound, 1)
+            # every pull is a first pull, a re-pull after eviction or an extra copy
+            assert row["gb_repulled"] + row["gb_extra_copies"] <= row["gb_above_lower_bound"] + 0.2
+        margin = week["margin"]
+        best = week["strategies"][margin["better_baseline"]]["gb_pulled"]
+        assert margin["fewer_gb"] == round(1 - week["strategies"]["binder"]["gb_pulled"] / best, 4)
+    assert report["worst_margin"]["fewer_gb"] == min(w["margin"]["fewer_gb"] for w in weeks)
+    # One trace keeps the one-week shape.
+    single = json.loads(run("--trace", first, "--json", "--nodes", 5))
+    assert set(single["strategies"]) == {"kube-default", "z2jh-user-scheduler", "binder"}
+    assert single["lower_bound_gb"] == weeks[0]["lower_bound_gb"]
+    text = run("--trace", first, "--trace", second, "--nodes", 5)
+    assert "worst-case margin" in text and "b.jsonl.gz" in text
