@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -98,6 +99,28 @@ async def builds(git, url, repeat):
     return results
 
 
+# where a warm relaunch spends its time, read from the hub's log (seconds)
+PHASES = {
+    # options, ref resolution, reservation, environment lookup
+    "prepare": (r"Binder launch of \S+ prepared in ([\d.]+) ms", 0.001),
+    # cgroup creation and the sandbox command line
+    "cgroup": (r"\(cgroup and sandbox command (\d+) ms\)", 0.001),
+    # the server's uid copying the repository into its tmpfs home
+    "home": (r"binder: home filled in (\d+) ms", 0.001),
+    # from the start of the sandbox to the server listening (includes "home")
+    "sandbox_to_listening": (r"listening ([\d.]+)s after its start", 1.0),
+}
+
+
+def launch_phases(log):
+    found = {}
+    for key, (pattern, scale) in PHASES.items():
+        matches = re.findall(pattern, log)
+        if matches:
+            found[key] = float(matches[-1]) * scale
+    return found
+
+
 async def launches(git, url, repeat):
     results = {}
     directory = Path(tempfile.mkdtemp(prefix="binder-bench-hub-"))
@@ -112,14 +135,21 @@ async def launches(git, url, repeat):
         results["launch_cold_s"] = time.perf_counter() - started
         await local.stop("bench")
         times = []
+        phases = {key: [] for key in PHASES}
         for _ in range(repeat):
+            offset = len(hub.log())
             started = time.perf_counter()
             events = await local.launch("bench", options)
             assert events[-1].get("ready"), events
             times.append(time.perf_counter() - started)
+            for key, value in launch_phases(hub.log()[offset:]).items():
+                phases[key].append(value)
             await local.stop("bench")
         results["relaunch_warm_median_s"] = statistics.median(times)
         results["relaunch_warm_all_s"] = [round(t, 2) for t in times]
+        for key, values in phases.items():
+            if values:
+                results[f"relaunch_{key}_median_s"] = statistics.median(values)
     finally:
         await hub.stop()
         shutil.rmtree(hub.state_dir, ignore_errors=True)
@@ -131,9 +161,7 @@ async def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per median (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    parser.add_argument(
-        "--launches-only", action="store_true", help="skip the build measurements"
-    )
+    parser.add_argument("--launches-only", action="store_true", help="skip the build measurements")
     args = parser.parse_args(argv)
     git = GitServer(tempfile.mkdtemp(prefix="binder-bench-git-"))
     git.start()
@@ -153,7 +181,7 @@ async def main(argv=None):
         return
     for key, value in results.items():
         shown = f"{value:.2f}" if isinstance(value, float) else value
-        print(f"{key:28} {shown}")
+        print(f"{key:40} {shown}")
     if "pip_build_warm_cache_s" in results:
         ratio = results["pip_build_warm_cache_s"] / results["build_warm_cache_s"]
         print(f"uv vs pip (warm cache): {ratio:.1f}x")

@@ -21,6 +21,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 
 HOME_FULL = 75
 
@@ -57,6 +58,7 @@ def populate(src, dest, max_file):
 def main(argv):
     src, dest, max_file = argv[1], argv[2], int(argv[3])
     command = argv[5:]
+    started = time.monotonic()
     try:
         populate(src, dest, max_file)
     except OSError as e:
@@ -64,6 +66,7 @@ def main(argv):
             sys.stderr.write("binder: the repository's files do not fit in the home\n")
             return HOME_FULL
         raise
+    sys.stderr.write(f"binder: home filled in {(time.monotonic() - started) * 1000:.0f} ms\n")
     os.execv(command[0], command)
     return 1  # not reached
 

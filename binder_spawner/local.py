@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
@@ -214,6 +215,7 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
                 reason="too-large",
             )
         env = self.get_env()
+        started = time.monotonic()
         try:
             self._cgroup = await asyncio.to_thread(self.sandbox.create_cgroup, self._cgroup_name())
         except SandboxUnavailable as e:
@@ -239,7 +241,14 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
         )
         self.pid = self.proc.pid
         self._start_watch()
+        spawned = time.monotonic()
         await self._wait_listening()
+        self.log.info(
+            "Server %s listening %.2fs after its start (cgroup and sandbox command %.0f ms)",
+            self._log_name,
+            time.monotonic() - started,
+            (spawned - started) * 1000,
+        )
         return (self.ip or "127.0.0.1", self.port)
 
     def _memory_message(self):
@@ -398,11 +407,11 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
 
     async def prepare_launch(self, spec):
         git_config = None
-        if self.builder.load(self.builder.environment_key(spec.repo_url, spec.commit)) is None:
+        if self.builder.load(self.builder.environment_key(spec.repo_key, spec.commit)) is None:
             # the clone goes to the addresses the policy checks now, with its
             # protocol and credential restrictions: DNS cannot send it elsewhere
             git_config = await self.repo_policy.git_config(spec.repo_url)
-        task = self.builder.build(spec.repo_url, spec.commit, git_config)
+        task = self.builder.build(spec.repo_url, spec.commit, git_config, name=spec.repo_key)
         if task.future.done() or self.builder.load(task.key) is not None:
             self.emit_progress("building", f"Reusing the environment built for {spec.commit[:12]}")
         else:

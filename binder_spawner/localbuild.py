@@ -59,6 +59,10 @@ from .seal import SealError, chown_tree, seal
 ENV_MOUNT = "/srv/binder"
 CACHE_MOUNT = "/srv/cache"
 
+# a marker that is never true removes a requirement (uv's override semantics)
+SLOW_IMPORT_OVERRIDE = "rfc3987-syntax ; sys_platform == 'never'"
+OVERRIDES_FILE = ".binder-overrides.txt"
+
 # how long an unknown commit of a repository is remembered (one fetch, not one per launch)
 MISSING_COMMIT_SECONDS = 600
 
@@ -346,6 +350,23 @@ class EnvironmentBuilder(SingletonConfigurable):
         """,
     ).tag(config=True)
 
+    uv_overrides = List(
+        Unicode(),
+        [SLOW_IMPORT_OVERRIDE],
+        help="""
+        Requirement overrides for uv (``uv pip install --overrides``), one per line.
+
+        The default drops ``rfc3987-syntax``, an optional URL validator that
+        jupyter-events pulls in through ``jsonschema[format-nongpl]``: it
+        builds an Earley grammar at import, 1.5 to 4 seconds of every server
+        start, for a check a notebook server never makes. ``[]`` keeps it (a
+        repository that needs it must then list it). Ignored with ``installer = "pip"``.
+        Example: ``c.EnvironmentBuilder.uv_overrides = []``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
     disk_budget = ByteSpecification(
         20 * 1024**3,
         help="""
@@ -418,10 +439,12 @@ class EnvironmentBuilder(SingletonConfigurable):
 
     # -- public API -----------------------------------------------------------
 
-    def environment_key(self, repo_url, commit):
-        return environment_key(
-            repo_url, commit, f"{self.installer} {' '.join(self.jupyter_packages)}"
-        )
+    def environment_key(self, repo, commit):
+        """The environment's key for a repository (canonical name or URL) at a commit."""
+        salt = [self.installer, *self.jupyter_packages]
+        if self.installer == "uv":
+            salt += self.uv_overrides
+        return environment_key(repo, commit, " ".join(salt))
 
     @property
     def instance_id(self):
@@ -441,15 +464,17 @@ class EnvironmentBuilder(SingletonConfigurable):
             return None
         return Environment(**data)
 
-    def build(self, repo_url, commit, git_config=None):
+    def build(self, repo_url, commit, git_config=None, name=None):
         """The :class:`BuildTask` for (repo_url, commit): a running one is shared, else started.
 
         A finished environment gives an already-done task, so callers follow one way.
         ``git_config``: (key, value) pairs for the clone, from
         :meth:`binder_spawner.repos.RepoPolicy.git_config` (checked, pinned
         addresses, restricted protocols); without it only http(s) is allowed.
+        ``name``: the repository's canonical name (a launch's ``repo_key``), so
+        that every spelling of one repository shares one environment.
         """
-        key = self.environment_key(repo_url, commit)
+        key = self.environment_key(name or repo_url, commit)
         task = self._tasks.get(key)
         if task is not None and not (task.future.done() and task.future.exception()):
             return task
@@ -561,6 +586,15 @@ class EnvironmentBuilder(SingletonConfigurable):
             # an earlier attempt that did not finish; rmtree never follows links
             shutil.rmtree(path)
         os.mkdir(path, 0o755)
+        if self.uv_overrides:
+            # written before any build step runs, into the directory root just made
+            fd = os.open(
+                os.path.join(path, OVERRIDES_FILE),
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                0o644,
+            )
+            with os.fdopen(fd, "w") as f:
+                f.write("\n".join(self.uv_overrides) + "\n")
         uid = self.sandbox.build_uid()
         if uid is not None:
             os.chown(path, uid, uid)
@@ -653,6 +687,8 @@ class EnvironmentBuilder(SingletonConfigurable):
         if self.installer == "uv":
             await run([self.uv_path, "venv", "--python", python, venv_in], extra=extra)
             install = [self.uv_path, "pip", "install", "--python", venv_in + "/bin/python"]
+            if self.uv_overrides:
+                install += ["--overrides", f"{ENV_MOUNT}/{OVERRIDES_FILE}"]
         else:
             await run([python, "-m", "venv", venv_in], extra=extra)
             install = [venv_in + "/bin/python", "-m", "pip", "install", "--progress-bar", "off"]
