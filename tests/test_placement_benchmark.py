@@ -103,3 +103,21 @@ def test_several_traces_report_each_week_and_the_worst_margin(tmp_path):
     assert single["lower_bound_gb"] == weeks[0]["lower_bound_gb"]
     text = run("--trace", first, "--trace", second, "--nodes", 5)
     assert "worst-case margin" in text and "b.jsonl.gz" in text
+
+
+def test_answer_benchmark_runs_on_a_small_cluster():
+    script = BENCHMARK.parent / "placement_answer.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--pods", "300", "--nodes", "5", "--images", "80"]
+        + ["--answers", "20", "--repeat", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(result.stdout)
+    assert report["setup"] == {"pods": 300, "nodes": 5, "images": 80}
+    measures = {row["measure"]: row for row in report["results"]}
+    assert len(measures) == 5
+    assert measures["answer: image new"]["samples"] == 20
+    assert all(row["ms"] > 0 for row in report["results"])
