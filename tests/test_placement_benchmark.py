@@ -88,6 +88,7 @@ def test_several_traces_report_each_week_and_the_worst_margin(tmp_path):
     assert [w["images"] for w in weeks] == [30, 20]
     for week in weeks:
         bound = week["lower_bound_gb"]
+        assert week["one_lru_cache_gb"] >= bound
         for row in week["strategies"].values():
             assert row["gb_pulled"] >= bound
             assert row["gb_above_lower_bound"] == round(row["gb_pulled"] - bound, 1)
