@@ -133,6 +133,16 @@ async def launches(git, url, repeat):
         events = await local.launch("bench", options)
         assert events[-1].get("ready"), events
         results["launch_cold_s"] = time.perf_counter() - started
+        # sealing (root taking the environment over, read-only) is part of the build
+        built = re.findall(
+            r"Built \S+ at \S+ in ([\d.]+)s \(sealed in ([\d.]+)s, (\d+) MB, (\d+) files", hub.log()
+        )
+        if built:
+            build_s, seal_s, size_mb, files = built[-1]
+            results["cold_build_s"] = float(build_s)
+            results["cold_build_seal_s"] = float(seal_s)
+            results["environment_mb"] = int(size_mb)
+            results["environment_files"] = int(files)
         await local.stop("bench")
         times = []
         phases = {key: [] for key in PHASES}

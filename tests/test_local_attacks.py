@@ -232,9 +232,15 @@ async def test_links_planted_by_postbuild_get_root_nothing(local):
     assert stat.S_IMODE(os.stat(meta_dir).st_mode) == 0o700
 
 
-async def test_links_in_the_repository_to_the_hub_state_show_nothing(local):
-    hub_dir, secret = hub_secrets(local)
-    url = local.git.create_repo(
+@pytest.fixture(scope="module")
+def linked_repo(local):
+    """A repository whose committed links point at the hub's state.
+
+    The memory-limit tests launch it too: one build for both (a relaunch
+    reuses the environment).
+    """
+    hub_dir, _ = hub_secrets(local)
+    return local.git.create_repo(
         "attack/committed-links",
         {
             "index.ipynb": "{}",
@@ -245,6 +251,11 @@ async def test_links_in_the_repository_to_the_hub_state_show_nothing(local):
             "hubdir": ("symlink", hub_dir),
         },
     )
+
+
+async def test_links_in_the_repository_to_the_hub_state_show_nothing(local, linked_repo):
+    _, secret = hub_secrets(local)
+    url = linked_repo
     events = await local.launch("eve", {"repo": url})
     assert events[-1].get("ready"), messages(events)
     out = await local.run_code(
@@ -298,15 +309,9 @@ def _available_memory():
     raise AssertionError("no MemAvailable")
 
 
-@pytest.fixture(scope="module")
-def hog_repo(local):
-    """One repository for the three: each launch after the first reuses its environment."""
-    return local.git.create_repo("limits/hog", {"index.ipynb": "{}"})
-
-
 @pytest.mark.parametrize("kind", sorted(HOGS))
-async def test_server_over_its_memory_limit_is_stopped_and_the_user_told(local, hog_repo, kind):
-    url = hog_repo
+async def test_server_over_its_memory_limit_is_stopped_and_the_user_told(local, linked_repo, kind):
+    url = linked_repo
     user = f"hog-{kind}"
     events = await local.launch(user, {"repo": url})
     assert events[-1].get("ready"), messages(events)
