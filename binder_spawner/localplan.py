@@ -96,16 +96,27 @@ def _read_config(repo_dir, relpath):
         return f.read(MAX_CONFIG_FILE).decode("utf-8", "replace")
 
 
+def _lstat_mode(repo_dir, relpath):
+    try:
+        return os.lstat(os.path.join(repo_dir, relpath)).st_mode
+    except OSError:
+        return 0
+
+
 def _is_file(repo_dir, relpath):
-    return os.path.isfile(os.path.join(repo_dir, relpath)) or os.path.islink(
-        os.path.join(repo_dir, relpath)
-    )
+    """A file or a link at ``relpath``; links are not followed (root never does here)."""
+    mode = _lstat_mode(repo_dir, relpath)
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+
+
+def _is_dir(repo_dir, relpath):
+    return stat.S_ISDIR(_lstat_mode(repo_dir, relpath))
 
 
 def find_binder_dir(repo_dir):
     """``"binder"``, ``".binder"`` or ``""``, as repo2docker's ``BuildPack.binder_dir``."""
-    has_binder = os.path.isdir(os.path.join(repo_dir, "binder"))
-    has_dot = os.path.isdir(os.path.join(repo_dir, ".binder"))
+    has_binder = _is_dir(repo_dir, "binder")
+    has_dot = _is_dir(repo_dir, ".binder")
     if has_binder and has_dot:
         raise UnsupportedRepository(
             "The repository has both a 'binder' and a '.binder' folder; keep only one."
