@@ -297,6 +297,23 @@ class AnonymousAuthenticator(Authenticator):
         """,
     ).tag(config=True)
 
+    binder_service_name = Unicode(
+        "binder",
+        help="""
+        Name of binder_service in ``JupyterHub.services``. When the proxy
+        cannot reach it, its launch links (``/services/<name>/v2/...``) get a
+        503 page that says the Binder service is not available, as a
+        ``/hub/spawn?repo=`` link does, instead of the proxy's "Your server
+        appears to be down". Registers a handler for ``/hub/error/503`` (the
+        proxy's error target) that serves every other path as JupyterHub
+        does. Empty: no such handler. Default ``"binder"``.
+
+        Example: ``c.AnonymousAuthenticator.binder_service_name = "binderhub"``
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
     route_launch_links = Bool(
         True,
         help="""
@@ -542,7 +559,8 @@ class AnonymousAuthenticator(Authenticator):
 
         ``/login`` checks ``next`` more strictly, ``/anonymous-login`` logs
         in, ``/logout`` discards an anonymous identity, ``/spawn`` routes
-        launch links to named servers.
+        launch links to named servers, ``/error/503`` names the Binder
+        service when the proxy cannot reach it.
         """
         from .auth_handlers import (
             AnonymousLoginHandler,
@@ -558,4 +576,8 @@ class AnonymousAuthenticator(Authenticator):
         ]
         if self.route_launch_links:
             handlers.append((r"/spawn", LaunchRouterHandler))
+        if self.binder_service_name:
+            from .auth_handlers import ProxyErrorPageHandler
+
+            handlers.append((r"/error/(503)", ProxyErrorPageHandler))
         return handlers

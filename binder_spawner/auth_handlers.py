@@ -1,16 +1,18 @@
-"""Hub handlers of the anonymous authenticator: login, logout and the launch-link router.
+"""Hub handlers of the anonymous authenticator: login, logout, the launch-link router
+and the proxy's 503 page.
 
 ``AnonymousAuthenticator.get_handlers`` registers them; JupyterHub puts an
 authenticator's handlers before its own (``JupyterHub.init_handlers``, 5.5
-and 6.1), so these serve ``/hub/login``, ``/hub/logout`` and ``/hub/spawn``.
+and 6.1), so these serve ``/hub/login``, ``/hub/logout``, ``/hub/spawn`` and ``/hub/error/503``.
 Each subclasses the hub's handler and changes only what is described.
 """
 
 import inspect
+from urllib.parse import urlsplit
 
 from jupyterhub import orm
 from jupyterhub.handlers.login import LoginHandler, LogoutHandler
-from jupyterhub.handlers.pages import SpawnHandler
+from jupyterhub.handlers.pages import ProxyErrorHandler, SpawnHandler
 from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 
@@ -254,3 +256,35 @@ class LaunchRouterHandler(SameSiteCookiesMixin, SpawnHandler):
             self.db.delete(spawner.orm_spawner)
             user.spawners.pop(name, None)
             self.db.commit()
+
+
+class ProxyErrorPageHandler(ProxyErrorHandler):
+    """The proxy's 503 page: a Binder launch link whose service is down says so.
+
+    configurable-http-proxy fetches its error pages from the hub as
+    ``/hub/error/<code>?url=<path>`` (``--error-target``); JupyterHub's
+    ``ProxyErrorHandler`` (5.5 and 6.1) answers "Your server appears to be
+    down" for every path. A path under the service's prefix gets the
+    sentence a ``/hub/spawn?repo=`` launch gets when the service is down;
+    every other path the hub's own page.
+    """
+
+    async def get(self, status_code_s):
+        from .service_client import ServiceUnavailable
+
+        authenticator = _anonymous_authenticator(self)
+        name = authenticator.binder_service_name if authenticator else ""
+        prefix = url_path_join(self.base_url, "services", name, "")
+        path = urlsplit(self.get_argument("url", "")).path
+        if not name or not path.startswith(prefix):
+            return await super().get(status_code_s)
+        self.log.warning("Service %s did not answer the proxy for %s", name, safe_log(path))
+        html = await self.render_template(
+            "error.html",
+            status_code=503,
+            status_message="Service Unavailable",
+            message=ServiceUnavailable().message,
+            logo_url=url_path_join(self.hub.base_url, "home"),
+        )
+        self.set_header("Content-Type", "text/html")
+        self.write(html)

@@ -7,14 +7,17 @@ through traits: servers named ``short-*`` give up on the API after
 :data:`SHORT_DEADLINE` seconds; running builds nobody waits for are removed
 after :data:`ORPHAN_GRACE` seconds.
 
-The first test runs on a hub that has made no Kubernetes call yet.
+The first test runs on a hub that has made no Kubernetes call yet; the last
+one stops binder_service.
 """
 
 import asyncio
 import os
+import signal
 import sys
 import textwrap
 import time
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
@@ -231,3 +234,40 @@ async def test_hub_restart_during_a_build_gives_a_reason_and_removes_the_build(e
     events = await env.progress("alice", "cut")
     assert events[-1].get("ready"), events[-1]
     await env.stop("alice", "cut")
+
+
+def service_pids(port):
+    """Processes of the binder_service listening on ``port`` (started by the hub)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"binder_service" in argv and f"--port={port}".encode() in argv:
+            pids.append(int(entry))
+    return pids
+
+
+async def test_launch_links_while_the_service_is_down_get_the_sentence(env):
+    """Runs last: it stops the module's binder_service."""
+    url = env.git.create_repo("org/cheap-nosvc", FILES)
+    browser = env.hub.browser()
+    for pid in service_pids(env.service_port):
+        os.kill(pid, signal.SIGKILL)
+    await poll(lambda: not service_pids(env.service_port), timeout=10, message="service gone")
+    link = env.hub.url + "/services/binder/v2/git/" + quote(url, safe="") + "/main"
+    async with browser.get(link, allow_redirects=False) as resp:
+        page = await resp.text()
+        assert resp.status == 503
+    assert "The Binder service is not available right now." in page
+    assert "Your server appears to be down" not in page
+    # any other path the proxy cannot reach gets the hub's own page
+    error_page = env.hub.url + "/hub/error/503"
+    async with browser.get(error_page, params={"url": "/user/alice/lab"}) as resp:
+        page = await resp.text()
+    assert "Your server appears to be down" in page
+    assert "Binder service" not in page
