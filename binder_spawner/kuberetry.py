@@ -80,6 +80,8 @@ class ApiRetry:
         self.deadline = deadline
         self.log = log
         self.clock = clock
+        #: how many attempts failed with an outage (retried or not)
+        self.failures = 0
 
     async def call(self, method, *args, what, **kwargs):
         kwargs.setdefault("_request_timeout", self.request_timeout)
@@ -101,6 +103,7 @@ class ApiRetry:
             except Exception as e:
                 if not is_retryable(e):
                     raise
+                self.failures += 1
                 now = self.clock()
                 if first_failure is None:
                     first_failure = now

@@ -336,11 +336,22 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
     def api_retry(self):
         """The :class:`~binder_spawner.kuberetry.ApiRetry` of this spawner's calls."""
-        return ApiRetry(
+        retry = ApiRetry(
             request_timeout=self.k8s_api_request_timeout,
             deadline=self.k8s_api_outage_timeout,
             log=self.log,
         )
+        self._launch_retries.append(retry)
+        return retry
+
+    @property
+    def _launch_retries(self):
+        """The ApiRetry objects of the running launch (reset by ``start()``)."""
+        if self._retries is None:
+            self._retries = []
+        return self._retries
+
+    _retries = None
 
     def cluster_unavailable(self, error):
         """The spawn error for an API that kept failing; the detail goes to the log."""
@@ -627,6 +638,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
     async def start(self):
         self._pod_requested = False
+        self._launch_retries.clear()
         self._start_orphan_sweeper()
         return await super().start()
 
@@ -634,6 +646,13 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         self._pod_requested = True
         self._api_failing = False
         try:
+            if any(retry.failures for retry in self._launch_retries):
+                # the build rode out an API outage, which also broke the shared
+                # pod reflector's watch: it reconnects after a backoff of up to
+                # ~25 s (kubespawner reflector.py ``_watch_and_update``), and
+                # until then it cannot see this launch's pod. A fresh one lists now.
+                self.log.info("Restarting the pod reflector after an API outage")
+                await self._start_watching_pods(replace=True)
             return await super()._start()
         except ClusterUnavailable as e:
             raise self.cluster_unavailable(e) from None
