@@ -210,3 +210,45 @@ async def test_timeouts_fit_a_build(k8s_cluster):
     spawner = make_spawner("carol", build_timeout=600, k8s_api_outage_timeout=30)
     assert spawner.start_timeout == 900
     assert spawner.k8s_api_request_retry_timeout == 30
+
+
+@pytest.mark.parametrize("k8s_cluster", [{"nodes": 0}], indirect=True)
+async def test_a_build_pod_is_followed_through_dropped_watches_and_410(k8s_cluster, api, caplog):
+    from binder_spawner.builder import BuildPod
+
+    caplog.set_level(logging.DEBUG, logger=__name__)
+
+    store = k8s_cluster.store
+    pod = BuildPod(
+        api,
+        "default",
+        {"metadata": {"name": "p"}},
+        log=log,
+        emit=lambda *args: None,
+        image_exists=lambda: None,
+        retry=retry(),
+        poll_interval=0.01,
+    )
+    # every watch ends after one event, as a flaky connection would, and
+    # each reconnection takes a moment
+    k8s_cluster.faults.add(Fault(resource="pods", verbs={"watch"}, drop_watch_after=1, latency=1.0))
+    phases = []
+
+    def done(obj):
+        phases.append(obj["metadata"]["labels"].get("step"))
+        return obj["status"].get("phase") == "Succeeded"
+
+    follow = asyncio.ensure_future(pod.follow(done))
+    await poll(lambda: phases, message="the first listing")
+    for step in range(1, 4):
+        store.patch("pods", "default", "p", {"metadata": {"labels": {"step": str(step)}}})
+        if step == 3:
+            # while the watch reconnects, the version it resumes from is
+            # compacted away: 410, then a new listing
+            store.compact()
+        await poll(lambda step=step: str(step) in phases, timeout=10, message=f"step {step}")
+    store.patch("pods", "default", "p", {"status": {"phase": "Succeeded"}}, subresource="status")
+    finished = await asyncio.wait_for(follow, 10)
+    assert finished["status"]["phase"] == "Succeeded"
+    assert {"1", "2", "3"} <= set(phases)
+    assert "expired, listing again" in caplog.text  # the 410 was met
