@@ -16,8 +16,11 @@ rebuilds its slot counts from them; every ``cull_every`` seconds it culls.
 """
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -77,6 +80,12 @@ class BinderService(Application):
     }
 
     _log_formatter_cls = LogFormatter
+
+    @default("log_level")
+    def _default_log_level(self):
+        # the hub's own default: the service's actions (culls, refusals, slots)
+        # show in the hub's output, which the service's output joins
+        return logging.INFO
 
     @default("log_datefmt")
     def _default_log_datefmt(self):
@@ -610,12 +619,40 @@ class BinderService(Application):
         )
         await self.placement_source.start()
         self._task = asyncio.ensure_future(self.run_periodically())
-        await asyncio.Event().wait()
+        stop = asyncio.get_running_loop().create_future()
+        self._catch_stop_signals(stop)
+        signum = await stop
+        self.log.info("binder_service stopping on %s", signal.Signals(signum).name)
+        self.http_server.stop()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.placement_source.stop()
+        self.log.info("binder_service stopped")
+
+    def _catch_stop_signals(self, stop):
+        """Resolve ``stop`` with the number of the first SIGINT or SIGTERM.
+
+        The hub stops a service with SIGINT, and escalates to SIGTERM and SIGKILL
+        only after ``interrupt_timeout`` (30 s) each (jupyterhub 5.5
+        ``LocalProcessSpawner.stop``). Python raises KeyboardInterrupt on SIGINT only
+        if SIGINT was not ignored when it started, and the hub starts its services
+        before it installs its own signal handlers (``JupyterHub.start`` calls
+        ``init_signal`` last): a hub started with SIGINT ignored (a background job of
+        a shell, ``nohup``) passes that on. Handling both signals here makes the
+        service stop at once either way.
+        """
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(
+                signum, lambda signum=signum: stop.done() or stop.set_result(signum)
+            )
 
     def start(self):
         try:
             asyncio.run(self.start_async())
         except KeyboardInterrupt:
+            # a SIGINT before the event loop took the signals over
             pass
 
 

@@ -121,12 +121,26 @@ class RunningHub:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 async def start_hub(
-    directory, config="", *, env=None, port=None, timeout=60, args=(), base_url="/"
+    directory,
+    config="",
+    *,
+    env=None,
+    port=None,
+    timeout=60,
+    args=(),
+    base_url="/",
+    sigint_ignored=False,
 ):
     """Start a hub in ``directory`` with ``config`` (Python source) appended to the base.
 
     ``base_url`` is ``JupyterHub.base_url``; the RunningHub's ``url`` includes it.
+    ``sigint_ignored`` starts the hub with SIGINT ignored, as a shell starts a
+    background job (``jupyterhub &`` in a script, ``nohup``).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -171,6 +185,7 @@ async def start_hub(
         stdout=log_file,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_ignore_sigint if sigint_ignored else None,
     )
     log_file.close()
     hub = RunningHub(
