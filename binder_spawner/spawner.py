@@ -395,8 +395,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
     @default("http_timeout")
     def _default_http_timeout(self):
         # Binder images start slower than a plain notebook image, more so
-        # when many start at once on one node (nine at once: 41-52 s);
-        # JupyterHub's 30 s failed such launches
+        # when many start at once on one node: nine cached launches at once
+        # waited 39-45 s for HTTP (benchmarks/concurrent_launch.py); 30 s fails them
         return 150
 
     @default("automount_service_account_token")

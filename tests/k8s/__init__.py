@@ -1,7 +1,10 @@
 """A Kubernetes emulator for tests and benchmarks: API server, scheduler, kubelets.
 
 Entry points: :class:`tests.k8s.cluster.Cluster`, the ``k8s_cluster`` fixture
-(fixtures.py) and ``python -m tests.k8s serve`` (__main__.py).
+(fixtures.py) and ``python -m tests.k8s serve`` (__main__.py). Faults (errors,
+latency, broken watches, outages) are injected in process with
+``cluster.faults`` or, into a running emulator from another process, with
+``python -m tests.k8s fault`` or ``/emulator/faults`` (faults.py).
 
 API server
     store.py (objects, versions, selectors, update/patch; its docstring is the
