@@ -754,12 +754,15 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         ):
             return
         self.log.warning("Launch of %s was cut off by a hub restart", self._log_name)
-        error = spawn_error(
+        message = (
             f"The launch of {repo[:200]} was interrupted by a restart of the hub. "
-            "Start it again: a build that was running is reused.",
-            status_code=503,
-            reason="hub-restart",
+            "Start it again: a build that was running is reused."
         )
+        error = spawn_error(message, status_code=503, reason="hub-restart")
+        # what the spawn-pending page shows of a failed spawn (jupyterhub 5.5/6.1
+        # utils.format_exception(only_jupyterhub=True)); without it the page
+        # says only that the last start failed
+        error.jupyterhub_message = message
         future = asyncio.get_running_loop().create_future()
         future.set_exception(error)
         self._spawn_future = future

@@ -223,6 +223,19 @@ async def test_hub_restart_during_a_build_gives_a_reason_and_removes_the_build(e
     assert final.get("failed"), final
     assert "interrupted by a restart of the hub" in final["message"], final["message"]
     assert url in final["message"]
+    # the page a visitor reloads to: the hub renders the failed spawn with its reason
+    # (pages take no token login, but take the header token's scopes: a browser
+    # stand-in for alice's session, whose cookie a restarted test hub cannot keep)
+    status, token = await env.hub.api("POST", "/users/alice/tokens", json={"expires_in": 600})
+    assert status in (200, 201), token
+    browser = env.hub.browser()
+    async with browser.get(
+        env.hub.url + "/hub/spawn-pending/alice/cut",
+        headers={"Authorization": f"token {token['token']}"},
+    ) as resp:
+        page = await resp.text()
+    assert "Spawn failed" in page
+    assert "interrupted by a restart of the hub" in page
 
     # nobody waits for the build: it is removed after the grace period
     await poll(lambda: not env.build_pods_now(), timeout=60, message="orphan build removed")
