@@ -18,10 +18,18 @@ Environment variables for the common changes (see the README):
   (default ``/var/lib/jupyterhub-binder`` when the hub runs as root, so the
   sandbox uids can reach it wherever the checkout is; ``./state`` otherwise).
 - ``BINDER_SERVICE_PORT``: loopback port of binder_service (default 10101).
+- ``BINDER_HUB_PORT``: loopback port of the hub itself (default 8081).
+- ``BINDER_PROXY_API_PORT``: loopback port of the proxy's API (default 8001).
+
+A second hub on the same machine needs its own ``BINDER_PORT``,
+``BINDER_STATE_DIR`` and the three loopback ports; the hub refuses to start if
+one of them is taken.
 """
 
 import os
+import socket
 import sys
+from urllib.parse import urlparse
 
 c = get_config()  # noqa: F821
 
@@ -37,10 +45,32 @@ def _kubernetes_configured():
     return any(os.path.exists(path) for path in kubeconfig.split(os.pathsep) if path)
 
 
+def _answers(host, port):
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _proxy_of_a_previous_run(pid_file):
+    """True if ``pid_file`` names a living process: our proxy, left by a hub that
+    crashed, which JupyterHub stops before it starts its own."""
+    try:
+        with open(pid_file) as f:
+            os.kill(int(f.read().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 # -- the hub ------------------------------------------------------------------
 
 c.JupyterHub.ip = os.environ.get("BINDER_IP", "127.0.0.1")
 c.JupyterHub.port = int(os.environ.get("BINDER_PORT", "8000"))
+# the hub's and the proxy API's loopback ports: JupyterHub's defaults unless set
+if "BINDER_HUB_PORT" in os.environ:
+    c.JupyterHub.hub_port = int(os.environ["BINDER_HUB_PORT"])
+if "BINDER_PROXY_API_PORT" in os.environ:
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(os.environ['BINDER_PROXY_API_PORT'])}"
 default_state_dir = "/var/lib/jupyterhub-binder" if os.geteuid() == 0 else "state"
 state_dir = os.path.abspath(os.environ.get("BINDER_STATE_DIR", default_state_dir))
 # the hub's own files: private to the hub's user
@@ -121,6 +151,26 @@ c.JupyterHub.load_roles.append(
     }
 )
 c.BinderServiceClient.url = f"http://127.0.0.1:{service_port}/services/binder/"
+
+# -- a second hub on this machine: refuse to start rather than share ports ---------
+
+# Another hub's proxy on our proxy API port would get our routes (or refuse our
+# token) and another hub's service would get our reservations; JupyterHub does
+# not check before it starts (it stops only a proxy named in its own pid file).
+_ports = {
+    "BINDER_HUB_PORT": ("127.0.0.1", c.JupyterHub.hub_port if "hub_port" in c.JupyterHub else 8081),
+    "BINDER_SERVICE_PORT": ("127.0.0.1", service_port),
+}
+if not _proxy_of_a_previous_run(c.ConfigurableHTTPProxy.pid_file):
+    _api_url = urlparse(c.ConfigurableHTTPProxy.get("api_url", "http://127.0.0.1:8001"))
+    _ports["BINDER_PROXY_API_PORT"] = (_api_url.hostname, _api_url.port)
+_taken = [f"{name}={port}" for name, (host, port) in _ports.items() if _answers(host, port)]
+if _taken:
+    sys.exit(
+        f"Another program already listens on {', '.join(_taken)}: another hub, or the "
+        "binder_service of a hub that was killed. To run a second hub on this machine, "
+        "set these environment variables to free ports."
+    )
 
 # -- local mode: refuse to start rather than fail every launch ----------------------
 

@@ -133,3 +133,44 @@ def test_default_state_dir_as_root_is_reachable_from_a_private_checkout(tmp_path
 def _root_only():
     if os.geteuid() != 0:
         pytest.fail("local mode's start-up checks are tested as root (as CI runs)")
+
+
+def _second_hub_env(tmp_path, name):
+    state = tempfile.mkdtemp(prefix=f"binder-startup-{name}-")
+    os.chmod(state, 0o711)
+    env = _env(state, tmp_path)
+    env.update(BINDER_HUB_PORT=str(free_port()), BINDER_PROXY_API_PORT=str(free_port()))
+    return env
+
+
+async def test_two_hubs_side_by_side(hub_factory, tmp_path):
+    hubs = []
+    for name in ("first", "second"):
+        env = _second_hub_env(tmp_path, name)
+        hub = await hub_factory(
+            f"load_subconfig({ROOT_CONFIG!r})\n",
+            env={k: v for k, v in env.items() if k.startswith("BINDER_") or k == "KUBECONFIG"},
+            port=int(env["BINDER_PORT"]),
+            timeout=90,
+        )
+        hubs.append((hub, env))
+    (first, first_env), (second, _) = hubs
+    # each public port leads to its own hub: one hub's token means nothing to the other
+    for hub, other in ((first, second), (second, first)):
+        assert (await hub.api("GET", "/user"))[0] == 200
+        assert (await hub.api("GET", "/user", token=other.token))[0] == 403
+        async with hub.browser() as browser:
+            async with browser.get(hub.url + "/services/binder/health") as resp:
+                assert resp.status == 200
+
+    # a third hub given the first one's proxy API port refuses to start, naming it,
+    # and the first hub's routes are untouched
+    third_env = _second_hub_env(tmp_path, "third")
+    third_env["BINDER_PROXY_API_PORT"] = first_env["BINDER_PROXY_API_PORT"]
+    code, out = await _run_hub_until_exit(ROOT_CONFIG, third_env, cwd=tmp_path)
+    assert code != 0
+    assert f"BINDER_PROXY_API_PORT={first_env['BINDER_PROXY_API_PORT']}" in out, out[-3000:]
+    assert (await first.api("GET", "/user"))[0] == 200
+    async with first.browser() as browser:
+        async with browser.get(first.url + "/services/binder/health") as resp:
+            assert resp.status == 200
