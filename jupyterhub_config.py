@@ -18,6 +18,10 @@ Environment variables for the common changes (see the README):
   (default ``/var/lib/jupyterhub-binder`` when the hub runs as root, so the
   sandbox uids can reach it wherever the checkout is; ``./state`` otherwise).
 - ``BINDER_SERVICE_PORT``: loopback port of binder_service (default 10101).
+- ``BINDER_IMAGE_PREFIX`` (Kubernetes mode, required): registry and name prefix
+  of built images, e.g. ``registry.example.org/binder/r2d-``.
+- ``BINDER_REGISTRY`` (Kubernetes mode): URL of the registry's API when it is
+  not ``https://`` and the host of the prefix, e.g. ``http://registry.local:5000``.
 - ``BINDER_HUB_PORT``: loopback port of the hub itself (default 8081).
 - ``BINDER_PROXY_API_PORT``: loopback port of the proxy's API (default 8001).
 
@@ -96,6 +100,17 @@ c.JupyterHub.allow_named_servers = True
 kubernetes = _kubernetes_configured()
 if kubernetes:
     c.JupyterHub.spawner_class = "binder"
+    # where built images are pushed and looked up; without a prefix no launch can build
+    image_prefix = os.environ.get("BINDER_IMAGE_PREFIX", "")
+    if not image_prefix:
+        sys.exit(
+            "Kubernetes mode needs a registry for the images it builds: set BINDER_IMAGE_PREFIX "
+            "(e.g. registry.example.org/binder/r2d-), and BINDER_REGISTRY if the registry's "
+            "API is reached at another address (e.g. http://registry.local:5000)."
+        )
+    c.BinderSpawner.image_prefix = image_prefix
+    if os.environ.get("BINDER_REGISTRY"):
+        c.BinderSpawner.registry_url = os.environ["BINDER_REGISTRY"]
 else:
     c.JupyterHub.spawner_class = "binder-local"
     local_dir = os.path.join(state_dir, "local")
@@ -128,11 +143,22 @@ for host in allowed_hosts:
     service_command.append(f"--RepoPolicy.allowed_hosts={host}")
 if allowed_hosts:
     service_command.append("--RepoPolicy.allow_http=True")
+service_environment = {}
+if kubernetes:
+    # the hub starts services with a clean environment: hand over what locates the cluster
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        service_environment["KUBECONFIG"] = os.environ.get("KUBECONFIG") or os.path.expanduser(
+            "~/.kube/config"
+        )
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE"):
+        if os.environ.get(name):
+            service_environment[name] = os.environ[name]
 c.JupyterHub.services.append(
     {
         "name": "binder",
         "url": f"http://127.0.0.1:{service_port}",
         "command": service_command,
+        "environment": service_environment,
     }
 )
 c.JupyterHub.load_roles.append(
