@@ -7,6 +7,7 @@ through the hub REST API, follows their progress and runs code in them.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import uuid
 
 import aiohttp
 
+from .gitserver import GitServer
 from .hub import start_hub
 from .utils import REPO_ROOT, free_port, poll
 
@@ -154,3 +156,19 @@ async def _execute(session, url, code):
 def remove_state(hub):
     """Delete a local hub's state (environments: tens of thousands of files) in the background."""
     subprocess.Popen(["rm", "-rf", "--one-file-system", hub.state_dir], start_new_session=True)
+
+
+@contextlib.asynccontextmanager
+async def local_hub_session(tmp_path_factory, request, name="local-hub"):
+    """A git server and a local-mode hub for a test module; the hub log on failure."""
+    git = GitServer(tmp_path_factory.mktemp("git"))
+    git.start()
+    hub = await start_local_hub(tmp_path_factory.mktemp(name), git)
+    try:
+        yield LocalHub(hub, git)
+    finally:
+        await hub.stop()
+        git.stop()
+        if request.session.testsfailed:
+            print(f"\n===== hub log {hub.log_path} =====\n{hub.log()[-30000:]}")
+        remove_state(hub)

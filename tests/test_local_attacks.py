@@ -20,9 +20,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from .gitserver import GitServer
-from .localhub import LocalHub, remove_state, start_local_hub
-from .utils import poll
+from .localhub import local_hub_session
+from .utils import LowestAvailableMemory, poll
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -99,17 +98,8 @@ def proof_dir():
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def local(tmp_path_factory, request, proof_dir):
-    git = GitServer(tmp_path_factory.mktemp("git"))
-    git.start()
-    hub = await start_local_hub(tmp_path_factory.mktemp("attack-hub"), git)
-    try:
-        yield LocalHub(hub, git)
-    finally:
-        await hub.stop()
-        git.stop()
-        if request.session.testsfailed:
-            print(f"\n===== hub log {hub.log_path} =====\n{hub.log()[-30000:]}")
-        remove_state(hub)
+    async with local_hub_session(tmp_path_factory, request, "attack-hub") as local:
+        yield local
 
 
 def assert_no_proof():
@@ -301,44 +291,27 @@ HOGS = {
 }
 
 
-def _available_memory():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no MemAvailable")
-
-
 @pytest.mark.parametrize("kind", sorted(HOGS))
 async def test_server_over_its_memory_limit_is_stopped_and_the_user_told(local, linked_repo, kind):
     url = linked_repo
     user = f"hog-{kind}"
     events = await local.launch(user, {"repo": url})
     assert events[-1].get("ready"), messages(events)
-    before = _available_memory()
-    lowest = [before]
-
-    async def watch():
-        while True:
-            lowest[0] = min(lowest[0], _available_memory())
-            await asyncio.sleep(0.02)
-
-    watcher = asyncio.ensure_future(watch())
     # the kernel (and the server) die under it: the websocket drops, that is expected
-    hog = asyncio.ensure_future(local.run_code(user, textwrap.dedent(HOGS[kind])))
-    try:
+    async with LowestAvailableMemory() as memory:
+        hog = asyncio.ensure_future(local.run_code(user, textwrap.dedent(HOGS[kind])))
+        try:
 
-        async def stopped():
-            _, info = await local.hub.api("GET", f"/users/{user}")
-            return not info["servers"].get("")
+            async def stopped():
+                _, info = await local.hub.api("GET", f"/users/{user}")
+                return not info["servers"].get("")
 
-        await poll(stopped, timeout=120, message=f"{user}'s server to be stopped")
-    finally:
-        watcher.cancel()
-        hog.cancel()
-        await asyncio.gather(hog, return_exceptions=True)
+            await poll(stopped, timeout=120, message=f"{user}'s server to be stopped")
+        finally:
+            hog.cancel()
+            await asyncio.gather(hog, return_exceptions=True)
     # 3 GB asked for; the host lent about the 2 GB limit, not more
-    assert before - lowest[0] < 2.3 * 1024**3, (before - lowest[0]) / 1024**3
+    assert memory.drop < 2.3 * 1024**3, memory.drop / 1024**3
     # the user, coming back to the server's page, reads why
     headers = {"Authorization": f"token {local.hub.token}"}
     async with aiohttp.ClientSession(headers=headers) as session:

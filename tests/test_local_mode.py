@@ -16,8 +16,7 @@ import pytest_asyncio
 
 from binder_spawner.localbuild import instance_id
 
-from .gitserver import GitServer
-from .localhub import LocalHub, remove_state, start_local_hub
+from .localhub import local_hub_session
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -37,17 +36,8 @@ DEMO_REPO = {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def local(tmp_path_factory, request):
-    git = GitServer(tmp_path_factory.mktemp("git"))
-    git.start()
-    hub = await start_local_hub(tmp_path_factory.mktemp("local-hub"), git)
-    try:
-        yield LocalHub(hub, git)
-    finally:
-        await hub.stop()
-        git.stop()
-        if request.session.testsfailed:
-            print(f"\n===== hub log {hub.log_path} =====\n{hub.log()[-30000:]}")
-        remove_state(hub)
+    async with local_hub_session(tmp_path_factory, request, "local-hub") as local:
+        yield local
 
 
 def exists(*parts):

@@ -13,7 +13,7 @@ import pytest
 from binder_spawner.sandbox import LAUNCHER, SANDBOX_HOME, Sandbox, sandbox_command, trusted_which
 from binder_spawner.seal import chown_tree
 
-from .utils import poll
+from .utils import LowestAvailableMemory, poll
 
 PYTHON = "/usr/bin/python3"  # under /usr: visible in every sandbox
 
@@ -319,14 +319,6 @@ def cgroup_sandbox():
         group.remove()
 
 
-def _available_memory():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no MemAvailable")
-
-
 MEMORY_HOGS = {
     "processes": """
         import multiprocessing, time
@@ -365,26 +357,15 @@ async def test_memory_limit_counts_every_process_and_tmpfs(layout, cgroup_sandbo
     sandbox, make = cgroup_sandbox
     paths = layout[1]
     group = make(kind)
-    before = _available_memory()
-    lowest = [before]
-
-    async def watch():
-        while True:
-            lowest[0] = min(lowest[0], _available_memory())
-            await asyncio.sleep(0.02)
-
-    watcher = asyncio.ensure_future(watch())
-    try:
+    async with LowestAvailableMemory() as memory:
         code, out, err = await run_sandboxed(
             sandbox, paths, MEMORY_HOGS[kind], user_id=5, cgroup=group
         )
-    finally:
-        watcher.cancel()
     assert "survived" not in out
     assert group.oom_kills() >= 1
     assert group.memory_peak() <= 384 * 1024**2
     # the host never lent the server much more than its limit
-    assert before - lowest[0] < 384 * 1024**2 + 128 * 1024**2
+    assert memory.drop < 384 * 1024**2 + 128 * 1024**2
 
 
 async def test_process_limit_is_per_cgroup(layout, cgroup_sandbox):
