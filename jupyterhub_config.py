@@ -35,6 +35,8 @@ import socket
 import sys
 from urllib.parse import urlparse
 
+from binder_service.permissions import service_role
+
 c = get_config()  # noqa: F821
 
 
@@ -161,21 +163,8 @@ c.JupyterHub.services.append(
         "environment": service_environment,
     }
 )
-c.JupyterHub.load_roles.append(
-    {
-        "name": "binder-service",
-        # what the culler and the limits need (docs/deploy.md explains each scope)
-        "scopes": [
-            "list:users",
-            "read:users:activity",
-            "read:servers",
-            "delete:servers",
-            "admin:users",
-            "read:groups",
-        ],
-        "services": ["binder"],
-    }
-)
+# exactly what the service uses (docs/permissions.md explains each scope)
+c.JupyterHub.load_roles.append(service_role())
 c.BinderServiceClient.url = f"http://127.0.0.1:{service_port}/services/binder/"
 
 # -- a second hub on this machine: refuse to start rather than share ports ---------

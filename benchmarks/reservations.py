@@ -27,6 +27,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from binder_service.permissions import service_role  # noqa: E402
 from tests.hub import start_hub  # noqa: E402
 from tests.utils import free_port, poll  # noqa: E402
 
@@ -44,10 +45,7 @@ async def run(requests, limit):
     c.JupyterHub.services.append(
         {{"name": "binder", "url": "http://127.0.0.1:{port}", "command": {command!r}}}
     )
-    c.JupyterHub.load_roles.append(
-        {{"name": "binder-service", "scopes": ["list:users", "read:users", "read:servers",
-          "delete:servers", "delete:users!group=binder-anonymous"], "services": ["binder"]}}
-    )
+    c.JupyterHub.load_roles.append({service_role()!r})
     c.JupyterHub.log_level = "INFO"
     """
     with tempfile.TemporaryDirectory() as directory:

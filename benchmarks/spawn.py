@@ -39,6 +39,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from binder_service.permissions import service_scopes  # noqa: E402
 from binder_spawner.images import image_name  # noqa: E402
 from binder_spawner.repos import RepoPolicy  # noqa: E402
 from tests.gitserver import GitServer  # noqa: E402
@@ -50,14 +51,7 @@ from tests.registry import Registry  # noqa: E402
 from tests.utils import free_port, poll  # noqa: E402
 
 PREFIX_NAME = "binder-"
-SERVICE_SCOPES = [
-    "list:users",
-    "read:users:activity",
-    "read:servers",
-    "delete:servers",
-    "admin:users",
-    "read:groups",
-]
+SERVICE_SCOPES = service_scopes()
 
 
 def binder_config(registry, git, service_port, kubeconfig):

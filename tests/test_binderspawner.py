@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from binder_service.limits import reservation_id
+from binder_service.permissions import service_role
 from binder_spawner import build
 from binder_spawner.launch import repo_hash
 
@@ -237,20 +238,7 @@ def hub_config(registry, git, service_port, kubeconfig):
             "environment": {{"KUBECONFIG": "{kubeconfig}"}},
         }}
     )
-    c.JupyterHub.load_roles.append(
-        {{
-            "name": "binder-service",
-            "scopes": [
-                "list:users",
-                "read:users:activity",
-                "read:servers",
-                "delete:servers",
-                "admin:users",
-                "read:groups",
-            ],
-            "services": ["binder"],
-        }}
-    )
+    c.JupyterHub.load_roles.append({service_role()!r})
     """
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import copy
+import re
 from pathlib import Path
 
 import jsonschema
@@ -9,6 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from traitlets.config import Configurable
+
+from binder_service.permissions import service_scopes
 
 from .utils import REPO_ROOT
 
@@ -289,12 +292,24 @@ def test_push_secret_is_mounted_where_lookups_read_it():
     assert values["singleuser"]["image"]["pullSecrets"] == [secret]
 
 
-def test_service_role_matches_the_permissions_page():
-    role = merged_values()["hub"]["loadRoles"]["binder-service"]
+def _documented_scopes(path):
+    """The ``"scopes": [...]`` list of the role example in a docs page."""
+    text = (REPO_ROOT / "docs" / path).read_text()
+    block = re.search(r'"name": "binder-service",\s*"scopes": \[(.*?)\]', text, re.S)
+    assert block, f"no binder-service role example in docs/{path}"
+    return re.findall(r'"([^"]+)"', block.group(1))
+
+
+def test_service_role_is_the_same_everywhere():
+    # binder_service.permissions is the source: jupyterhub_config.py and the
+    # tests' hubs use it; the chart values and the docs are checked against it
+    scopes = service_scopes()
+    assert merged_values()["hub"]["loadRoles"]["binder-service"]["scopes"] == scopes
+    assert _documented_scopes("permissions.md") == scopes
+    assert _documented_scopes("service.md") == scopes
     page = (REPO_ROOT / "docs" / "permissions.md").read_text()
-    for scope in role["scopes"]:
+    for scope in scopes:
         assert f"| `{scope}` |" in page, scope
-    assert "admin:users" not in role["scopes"]
 
 
 def test_service_role_scopes_exist():

@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from binder_service.hubapi import HubAPI
+from binder_service.permissions import service_role
 from binder_spawner.service_client import (
     BinderServiceClient,
     BinderServiceError,
@@ -138,19 +139,7 @@ async def env(tmp_path_factory):
     c.JupyterHub.services.append(
         {{"name": "binder", "url": "http://127.0.0.1:{port}", "command": {command!r}}}
     )
-    c.JupyterHub.load_roles.append(
-        {{
-            "name": "binder-service",
-            "scopes": [
-                "list:users",
-                "read:users",
-                "read:servers",
-                "delete:servers",
-                "delete:users!group=binder-anonymous",
-            ],
-            "services": ["binder"],
-        }}
-    )
+    c.JupyterHub.load_roles.append({service_role()!r})
     """
     hub = await start_hub(directory / "hub", textwrap.dedent(config))
     env = ServiceHub(hub, f"http://127.0.0.1:{port}/services/binder/", offset_file, events_file)
