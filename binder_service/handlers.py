@@ -203,7 +203,11 @@ class PlacementHandler(BaseHandler):
 
 
 class LaunchHandler(BaseHandler):
-    """``v2/<provider>/<spec>`` -> ``/hub/spawn?repo=...&ref=...&urlpath=...``."""
+    """``v2/<provider>/<spec>`` -> ``/hub/spawn?opt-repo=...&opt-ref=...&opt-urlpath=...``.
+
+    The ``opt-`` prefix is JupyterHub 6's form of spawn options in a query (it
+    warns about options without it); the Binder spawners accept it on JupyterHub 5.
+    """
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -217,9 +221,9 @@ class LaunchHandler(BaseHandler):
         if self.request.query:
             link += "?" + self.request.query
         spec = self.service.parse_launch(link)
-        query = {"repo": spec.repo_url, "ref": spec.ref}
+        query = {"opt-repo": spec.repo_url, "opt-ref": spec.ref}
         if spec.urlpath:
-            query["urlpath"] = spec.urlpath
+            query["opt-urlpath"] = spec.urlpath
         self.redirect(self.service.hub_spawn_url + "?" + urlencode(query))
 
     head = get

@@ -169,6 +169,18 @@ def first_values(data):
     return options
 
 
+def strip_option_prefix(query):
+    """The launch options of a spawn query, with or without JupyterHub's ``opt-`` prefix.
+
+    JupyterHub 6 strips ``opt-`` itself, and warns about query options without it
+    (``SpawnHandler._get_user_options``, jupyterhub 6.1 ``handlers/pages.py``);
+    JupyterHub 5 passes the query as it is. As in JupyterHub 6, once one key has
+    the prefix, keys without it are ignored.
+    """
+    prefixed = {k[4:]: v for k, v in query.items() if k.startswith("opt-") and k[4:]}
+    return prefixed if prefixed else dict(query)
+
+
 def check_user_options(user_options):
     """Validate the shape of ``user_options``; returns the launch fields only.
 
@@ -390,8 +402,12 @@ class BinderLaunchMixin(LoggingConfigurable):
         return options
 
     def options_from_query(self, query_data):
-        """``/hub/spawn?repo=...&ref=...&urlpath=...`` launches directly."""
-        return self._launch_options_from_form(query_data)
+        """``/hub/spawn?opt-repo=...&opt-ref=...&opt-urlpath=...`` launches directly.
+
+        The form without ``opt-`` (``?repo=...``) works too; JupyterHub 6 logs a
+        deprecation warning for it.
+        """
+        return self._launch_options_from_form(strip_option_prefix(query_data))
 
     def launch_spec(self, user_options):
         """The :class:`LaunchSpec` in ``user_options``; raises a spawn error if refused."""

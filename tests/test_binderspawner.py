@@ -295,10 +295,13 @@ def messages(events):
 async def test_anonymous_launch_builds_then_reaches_server(env):
     url = env.git.create_repo("org/first", FILES)
     browser = env.hub.browser()
+    # the documented launch link: JupyterHub 6's opt- form, read by the spawner on 5 too
     async with browser.get(
-        env.hub.url + "/hub/spawn", params={"repo": url, "ref": "main", "urlpath": "lab"}
+        env.hub.url + "/hub/spawn",
+        params={"opt-repo": url, "opt-ref": "main", "opt-urlpath": "lab"},
     ) as resp:
         assert resp.status == 200, await resp.text()
+    assert "User options should be prefixed" not in env.hub.log()
     status, users = await env.hub.api("GET", "/users")
     (user,) = [u["name"] for u in users if u["name"] != "alice" and u["servers"]]
     events = await env.progress(user, "")

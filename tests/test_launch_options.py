@@ -57,6 +57,25 @@ def test_query_launches_with_repo_ref_and_urlpath(spawner):
     assert spec.urlpath == "lab/tree/a.ipynb"
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(
+            {"opt-repo": "gh/org/repo/main", "opt-urlpath": "lab"},
+            id="prefixed-as-jupyterhub-5-passes",
+        ),
+        pytest.param({"repo": "gh/org/repo/main", "urlpath": "lab"}, id="unprefixed"),
+        pytest.param(
+            {"opt-repo": "gh/org/repo/main", "opt-urlpath": "lab", "repo": "gh/evil/x/main"},
+            id="mixed-prefixed-wins",
+        ),
+    ],
+)
+def test_query_with_or_without_opt_prefix(spawner, values):
+    options = spawner.options_from_query(query(**values))
+    assert options == {"repo": "gh/org/repo/main", "urlpath": "lab"}
+
+
 def test_query_ignores_other_parameters(spawner):
     options = spawner.options_from_query(
         query(repo="gh/org/repo/main", image="evil/image", cpu_limit="64", profile="x")

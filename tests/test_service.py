@@ -232,9 +232,11 @@ async def test_launch_redirects(env, path, repo, ref, urlpath):
     location = urlparse(headers["Location"])
     assert location.path == "/hub/spawn"
     query = parse_qs(location.query)
-    assert query["repo"] == [repo]
-    assert query["ref"] == [ref]
-    assert query.get("urlpath") == ([urlpath] if urlpath else None)
+    # JupyterHub 6's form of spawn options (no deprecation warning), read on 5 by the spawners
+    assert query["opt-repo"] == [repo]
+    assert query["opt-ref"] == [ref]
+    assert query.get("opt-urlpath") == ([urlpath] if urlpath else None)
+    assert not {"repo", "ref", "urlpath"} & set(query)
 
 
 @pytest.mark.parametrize(
