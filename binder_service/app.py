@@ -413,6 +413,7 @@ class BinderService(Application):
         """Take a slot; with ``verify`` the server must be active on the hub, and the
         repository its ``user_options`` name wins over ``repo``."""
         await self._synced.wait()
+        shown = None
         if verify:
             model = await self.hub.user(user)
             servers = (model or {}).get("servers") or {}
@@ -420,7 +421,11 @@ class BinderService(Application):
                 raise web.HTTPError(
                     409, "Reservations are only for servers that are starting or running."
                 )
-            spec = self.spec_of(servers[server].get("user_options"))
+            options = servers[server].get("user_options")
+            spec = self.spec_of(options)
+            if spec is not None:
+                # a refusal names the repository as the visitor wrote it, not its key
+                shown = options["repo"]
             if spec is not None and spec.repo_key != repo:
                 self.log.warning(
                     "Reservation for %s/%s names %s, its server runs %s: using the latter",
@@ -436,6 +441,8 @@ class BinderService(Application):
             self.metrics.reservations.labels(result="refused").inc()
             self.metrics.rejections.labels(limit=e.decision.kind).inc()
             self.log.info("Refused a slot for %s/%s: %s", user, server, e.message)
+            if shown:
+                raise LimitExceeded(e.decision, repo, shown=shown) from None
             raise
         self.metrics.reservations.labels(result="created" if created else "renewed").inc()
         self.metrics.slots.set(len(self.store))

@@ -136,11 +136,12 @@ class Slot:
 class LimitExceeded(Exception):
     """Raised by :meth:`ReservationStore.reserve` when a limit refuses the slot."""
 
-    def __init__(self, decision, repo):
-        super().__init__(decision.message(repo))
+    def __init__(self, decision, repo, shown=None):
+        """``shown``: the repository as the visitor wrote it, for the message (else ``repo``)."""
+        super().__init__(decision.message(shown or repo))
         self.decision = decision
         self.repo = repo
-        self.message = decision.message(repo)
+        self.message = decision.message(shown or repo)
 
 
 class ReservationStore:

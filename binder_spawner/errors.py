@@ -29,5 +29,13 @@ except ImportError:  # JupyterHub < 6
 
 
 def spawn_error(message, *, status_code=400, reason="invalid", log_message=""):
-    """A :class:`SpawnException` carrying one user-facing sentence and an HTTP status."""
-    return SpawnException(message, reason=reason, status_code=status_code, log_message=log_message)
+    """A :class:`SpawnException` carrying one user-facing sentence and an HTTP status.
+
+    ``jupyterhub_message`` is what the spawn progress ("Spawn failed: ...") and the
+    "server not running" page show (``jupyterhub.utils.format_exception``, 5.5 and
+    6.1); without it JupyterHub 6 shows ``str(exc)``, which SpawnException
+    prefixes with "429 SpawnException(reason=limit):".
+    """
+    error = SpawnException(message, reason=reason, status_code=status_code, log_message=log_message)
+    error.jupyterhub_message = message
+    return error
