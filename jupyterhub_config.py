@@ -30,6 +30,7 @@ A second hub on the same machine needs its own ``BINDER_PORT``,
 one of them is taken.
 """
 
+import json
 import os
 import socket
 import sys
@@ -140,11 +141,6 @@ service_port = int(os.environ.get("BINDER_SERVICE_PORT", "10101"))
 service_command = [sys.executable, "-m", "binder_service"]
 if kubernetes:
     service_command.append("--kubernetes")
-# the service validates launch links with its own RepoPolicy: same hosts, same schemes
-for host in allowed_hosts:
-    service_command.append(f"--RepoPolicy.allowed_hosts={host}")
-if allowed_hosts:
-    service_command.append("--RepoPolicy.allow_http=True")
 service_environment = {}
 if kubernetes:
     # the hub starts services with a clean environment: hand over what locates the cluster
@@ -166,6 +162,25 @@ c.JupyterHub.services.append(
 # exactly what the service uses (docs/permissions.md explains each scope)
 c.JupyterHub.load_roles.append(service_role())
 c.BinderServiceClient.url = f"http://127.0.0.1:{service_port}/services/binder/"
+
+# -- one RepoPolicy for the hub and the service ------------------------------------
+
+
+def _shared_settings(spawner):
+    """The hub's settings the service shares, as JSON: its c.RepoPolicy.
+
+    The service parses v2 launch links with its own RepoPolicy. Called by the hub
+    when it starts the service (a callable ``environment`` value), after every
+    config file is loaded: a ``load_subconfig`` file's ``c`` holds only its own
+    values, the hub's application holds all of them.
+    """
+    from traitlets.config import Application
+
+    return json.dumps({"RepoPolicy": Application.instance().config.RepoPolicy}, default=sorted)
+
+
+# binder_service reads BINDER_SERVICE_CONFIG at start (its --config file and command line win)
+service_environment["BINDER_SERVICE_CONFIG"] = _shared_settings
 
 # -- a second hub on this machine: refuse to start rather than share ports ---------
 

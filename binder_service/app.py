@@ -18,6 +18,7 @@ rebuilds its slot counts from them; every ``cull_every`` seconds it culls.
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.log import LogFormatter
 from traitlets import Dict, Float, Integer, Unicode, default, validate
-from traitlets.config import Application, TraitError
+from traitlets.config import Application, Config, TraitError
 
 from binder_spawner.repos import RepoPolicy, SpecError
 
@@ -43,6 +44,9 @@ from .placement_source import PlacementSource
 from .utils import Clock, parse_date
 
 STATIC = Path(__file__).parent / "static"
+
+#: JSON of a traitlets config (``{"RepoPolicy": {...}}``) the hub hands to the service
+HUB_CONFIG_ENV = "BINDER_SERVICE_CONFIG"
 
 
 class BinderService(Application):
@@ -318,9 +322,15 @@ class BinderService(Application):
 
     def initialize(self, argv=None):
         super().initialize(argv)
+        handed_over = os.environ.get(HUB_CONFIG_ENV)
+        if handed_over:
+            # the hub's settings that the service shares (c.RepoPolicy), as
+            # jupyterhub_config.py hands them over; the file and the command line win
+            self.update_config(Config(json.loads(handed_over)))
         if self.config_file:
             path = Path(self.config_file)
             self.load_config_file(path.name, path=str(path.parent.resolve()))
+        if handed_over or self.config_file:
             # the command line wins over the file
             self.update_config(self.cli_config)
         self.log.name = "BinderService"
