@@ -130,7 +130,7 @@ async def measure(args):
                     pods = await source.refresh(max_age=0)
                     times.append(time.perf_counter() - started)
                 assert len(pods) == args.pods
-                rows.append(("refresh: list pods and nodes, update", median_ms(times), 1))
+                rows.append(("refresh: list pods and nodes, update", median_ms(times), len(times)))
 
                 nodes, _ = cluster.store.list("nodes")
                 times = []
@@ -142,7 +142,7 @@ async def measure(args):
                     source._inventory.cache_estimates(rooms, now)
                     times.append(time.perf_counter() - started)
                 assert len(in_use) == args.nodes
-                rows.append(("refresh without the list calls", median_ms(times), 1))
+                rows.append(("refresh without the list calls", median_ms(times), len(times)))
 
                 held = [image_name(i) for i in rng.sample(sorted(holders), args.answers)]
                 unheld = [

@@ -31,6 +31,7 @@ so the scheduler takes the first listed node that fits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Container, Iterable, Mapping
@@ -351,7 +352,13 @@ def parse_quantity(value) -> float:
     """A Kubernetes resource quantity ("1Gi", "500m", "2", 3) as a number."""
     if isinstance(value, (int, float)):
         return float(value)
-    match = _QUANTITY.match(str(value).strip())
+    return _parse_quantity_text(str(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_quantity_text(value: str) -> float:
+    # Every pod of a deployment requests the same few quantities ("1Gi").
+    match = _QUANTITY.match(value.strip())
     if not match or match.group(2) not in _SUFFIX:
         raise ValueError(f"invalid quantity {value!r}")
     return float(match.group(1)) * _SUFFIX[match.group(2)]
