@@ -125,9 +125,10 @@ else:
 
     c.JupyterHub.template_paths = [TEMPLATES]
     c.JupyterHub.template_vars = {"binder_stop_reason": stop_reasons}
-# the build happens inside start(): give it the time a build takes
-c.Spawner.start_timeout = 1800
-c.Spawner.http_timeout = 120
+    # the build happens inside start(): give it the time a build takes
+    # (BinderSpawner's own defaults cover build_timeout in Kubernetes mode)
+    c.LocalBinderSpawner.start_timeout = 1800
+    c.LocalBinderSpawner.http_timeout = 120
 
 allowed_hosts = _env_list("BINDER_ALLOWED_HOSTS")
 if allowed_hosts:
