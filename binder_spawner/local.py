@@ -15,6 +15,7 @@ reads or deletes a home: it is gone with the sandbox.
 
 import asyncio
 import contextlib
+import functools
 import os
 import subprocess
 import time
@@ -35,7 +36,13 @@ from .sandbox import SANDBOX_HOME, Sandbox, SandboxUnavailable
 # they would point the server's Python at the hub's packages.
 HUB_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX")
 
-HOMEINIT_SOURCE = Path(homeinit.__file__).read_text()
+
+@functools.cache
+def homeinit_source():
+    """The text of :mod:`binder_spawner.homeinit`, passed to the sandbox as ``-c`` (read once)."""
+    return Path(homeinit.__file__).read_text()
+
+
 TEMPLATES = str(Path(__file__).with_name("templates"))
 
 
@@ -177,7 +184,7 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             "-I",
             "-S",
             "-c",
-            HOMEINIT_SOURCE,
+            homeinit_source(),
             environment.sandbox_repo,
             SANDBOX_HOME,
             str(max_file),

@@ -400,11 +400,6 @@ class Sandbox(LoggingConfigurable):
 
     # -- start-up checks ------------------------------------------------------------
 
-    @property
-    def cgroup_host(self):
-        """The :class:`~binder_spawner.cgroups.CgroupHost` limits are enforced with, or None."""
-        return self.preflight()
-
     def preflight(self):
         """Check once that this host can confine servers as configured; log what is enforced.
 
