@@ -1,7 +1,7 @@
 """Pure helpers of the anonymous authenticator: names, client addresses, rate limits, redirects.
 
 Nothing here does I/O or imports JupyterHub, so every rule is unit-tested
-directly (``tests/test_identity.py``); ``auth.py`` and ``auth_handlers.py``
+directly (``tests/test_identity.py``); ``auth/authenticator.py`` and ``auth/handlers.py``
 wire them into the hub.
 """
 

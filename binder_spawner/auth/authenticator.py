@@ -18,8 +18,8 @@ from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
 
-from .errors import spawn_error
-from .identity import (
+from ..errors import spawn_error
+from ..identity import (
     DEFAULT_TRUSTED_HOPS,
     DEFAULT_TRUSTED_NETWORKS,
     SlidingWindowLimiter,
@@ -29,6 +29,13 @@ from .identity import (
     launch_repo,
     parse_networks,
     safe_log,
+)
+from .handlers import (
+    AnonymousLoginHandler,
+    AnonymousLogoutHandler,
+    AnonymousSessionHandler,
+    LaunchRouterHandler,
+    ProxyErrorPageHandler,
 )
 
 # how long a name handed out by authenticate() counts against the total cap
@@ -562,22 +569,14 @@ class AnonymousAuthenticator(Authenticator):
         launch links to named servers, ``/error/503`` names the Binder
         service when the proxy cannot reach it.
         """
-        from .auth_handlers import (
-            AnonymousLoginHandler,
-            AnonymousLogoutHandler,
-            AnonymousSessionHandler,
-            LaunchRouterHandler,
-        )
-
+        me = {"anonymous_authenticator": self}
         handlers = [
-            (r"/login", AnonymousLoginHandler),
-            (r"/anonymous-login", AnonymousSessionHandler),
-            (r"/logout", AnonymousLogoutHandler),
+            (r"/login", AnonymousLoginHandler, me),
+            (r"/anonymous-login", AnonymousSessionHandler, me),
+            (r"/logout", AnonymousLogoutHandler, me),
         ]
         if self.route_launch_links:
-            handlers.append((r"/spawn", LaunchRouterHandler))
+            handlers.append((r"/spawn", LaunchRouterHandler, me))
         if self.binder_service_name:
-            from .auth_handlers import ProxyErrorPageHandler
-
-            handlers.append((r"/error/(503)", ProxyErrorPageHandler))
+            handlers.append((r"/error/(503)", ProxyErrorPageHandler, me))
         return handlers

@@ -16,14 +16,21 @@ from jupyterhub.handlers.pages import ProxyErrorHandler, SpawnHandler
 from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 
-from .identity import first_repo_param, random_suffix, repo_slug, safe_log, safe_next_url
+from ..identity import first_repo_param, random_suffix, repo_slug, safe_log, safe_next_url
+from ..service_client import ServiceUnavailable
 
 
-def _anonymous_authenticator(handler):
-    from .auth import AnonymousAuthenticator
+class AuthenticatorMixin:
+    """The :class:`~binder_spawner.auth.AnonymousAuthenticator` that registered the handler.
 
-    authenticator = handler.authenticator
-    return authenticator if isinstance(authenticator, AnonymousAuthenticator) else None
+    ``get_handlers`` passes itself as ``anonymous_authenticator`` (tornado
+    hands a route's dict to ``initialize``), so this module needs no import
+    of the authenticator's and the authenticator imports the handlers.
+    """
+
+    def initialize(self, anonymous_authenticator=None, **kwargs):
+        self.anonymous_authenticator = anonymous_authenticator
+        super().initialize(**kwargs)
 
 
 class SameSiteCookiesMixin:
@@ -53,7 +60,7 @@ class SameSiteCookiesMixin:
         return self.request.protocol == "https"
 
 
-class AnonymousLoginHandler(SameSiteCookiesMixin, LoginHandler):
+class AnonymousLoginHandler(AuthenticatorMixin, SameSiteCookiesMixin, LoginHandler):
     """JupyterHub's login handler with a stricter check of ``next``.
 
     ``LoginHandler.get`` (jupyterhub 5.5/6.1 ``handlers/login.py``) passes
@@ -94,7 +101,7 @@ class AnonymousSessionHandler(AnonymousLoginHandler):
         self.redirect(self.get_next_url(user))
 
 
-class AnonymousLogoutHandler(SameSiteCookiesMixin, LogoutHandler):
+class AnonymousLogoutHandler(AuthenticatorMixin, SameSiteCookiesMixin, LogoutHandler):
     """Logout that discards an anonymous identity.
 
     For members of the authenticator's group: stops all servers (whatever
@@ -119,7 +126,7 @@ class AnonymousLogoutHandler(SameSiteCookiesMixin, LogoutHandler):
 
     async def handle_logout(self):
         await maybe_future(super().handle_logout())
-        authenticator = _anonymous_authenticator(self)
+        authenticator = self.anonymous_authenticator
         user = self.current_user
         if authenticator is None or user is None or not authenticator.is_anonymous(user):
             return
@@ -154,7 +161,7 @@ def _option(options, key):
     return (value or "").strip() if isinstance(value, str) else ""
 
 
-class LaunchRouterHandler(SameSiteCookiesMixin, SpawnHandler):
+class LaunchRouterHandler(AuthenticatorMixin, SameSiteCookiesMixin, SpawnHandler):
     """``/hub/spawn`` for launch links: one browser, several servers.
 
     Only a GET by an anonymous user whose query names a repository is
@@ -167,7 +174,7 @@ class LaunchRouterHandler(SameSiteCookiesMixin, SpawnHandler):
     """
 
     async def get(self, *args, **kwargs):
-        authenticator = _anonymous_authenticator(self)
+        authenticator = self.anonymous_authenticator
         user = self.current_user
         repo = first_repo_param(self.request.query_arguments).strip()
         if (
@@ -258,7 +265,7 @@ class LaunchRouterHandler(SameSiteCookiesMixin, SpawnHandler):
             self.db.commit()
 
 
-class ProxyErrorPageHandler(ProxyErrorHandler):
+class ProxyErrorPageHandler(AuthenticatorMixin, ProxyErrorHandler):
     """The proxy's 503 page: a Binder launch link whose service is down says so.
 
     configurable-http-proxy fetches its error pages from the hub as
@@ -270,9 +277,7 @@ class ProxyErrorPageHandler(ProxyErrorHandler):
     """
 
     async def get(self, status_code_s):
-        from .service_client import ServiceUnavailable
-
-        authenticator = _anonymous_authenticator(self)
+        authenticator = self.anonymous_authenticator
         name = authenticator.binder_service_name if authenticator else ""
         prefix = url_path_join(self.base_url, "services", name, "")
         path = urlsplit(self.get_argument("url", "")).path
