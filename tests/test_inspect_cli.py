@@ -13,7 +13,7 @@ async def inspect(*args):
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "binder_spawner.cli",
+        "binder_service.cli",
         "inspect",
         *args,
         stdout=asyncio.subprocess.PIPE,

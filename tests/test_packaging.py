@@ -15,7 +15,7 @@ EXPECTED_ENTRY_POINTS = {
     ("jupyterhub.spawners", "binder"): "binder_spawner.spawner:BinderSpawner",
     ("jupyterhub.spawners", "binder-local"): "binder_spawner.local:LocalBinderSpawner",
     ("jupyterhub.authenticators", "binder-anonymous"): "binder_spawner.auth:AnonymousAuthenticator",
-    ("console_scripts", "jupyterhub-binder"): "binder_spawner.cli:main",
+    ("console_scripts", "jupyterhub-binder"): "binder_service.cli:main",
 }
 
 
@@ -71,7 +71,7 @@ def test_entry_points_resolve_through_jupyterhub():
 
 def test_console_script_help():
     out = subprocess.run(
-        [sys.executable, "-m", "binder_spawner.cli", "--help"],
+        [sys.executable, "-m", "binder_service.cli", "--help"],
         capture_output=True,
         text=True,
         check=True,

@@ -330,7 +330,7 @@ def test_config_file_and_command_line(tmp_path, name, text):
     "command",
     [
         pytest.param(["-m", "binder_service"], id="python-m"),
-        pytest.param(["-m", "binder_spawner.cli", "service"], id="jupyterhub-binder-service"),
+        pytest.param(["-m", "binder_service.cli", "service"], id="jupyterhub-binder-service"),
     ],
 )
 def test_command_line_help(command):

@@ -1,9 +1,13 @@
-"""The ``jupyterhub-binder`` command line."""
+"""The ``jupyterhub-binder`` command line: ``service`` and ``inspect``.
+
+It lives in binder_service, the upper of the two packages, because it
+reaches both: binder_service imports binder_spawner, never the reverse.
+"""
 
 import argparse
 import sys
 
-from . import __version__, inspect_cmd
+from binder_spawner import __version__, inspect_cmd
 
 
 def build_parser():
@@ -24,7 +28,8 @@ def build_parser():
 
 
 def run_service(argv):
-    from binder_service.app import main as service_main
+    # imported here so that ``inspect`` does not load the service's dependencies
+    from .app import main as service_main
 
     return service_main(argv)
 
