@@ -54,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from binder_service.placement import (  # noqa: E402
     ImageInventory,
     NodeRoom,
-    preferred_node_affinity,
     pull_costs,
     rank_nodes,
 )
+from binder_spawner.nodes import preferred_node_affinity  # noqa: E402
 from tests.k8s.scheduler import (  # noqa: E402
     KUBE_DEFAULT,
     Z2JH_USER_SCHEDULER,

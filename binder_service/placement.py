@@ -4,7 +4,9 @@ Pure functions and one small in-memory index, no I/O. The service feeds the
 index from the pods it lists (image, node, start time) and, when its RBAC role
 may read nodes, from ``node.status.images``; ``GET api/placement?image=``
 answers with :func:`rank_nodes`, and the spawner turns that answer into
-preferred node-affinity terms with :func:`preferred_node_affinity`.
+preferred node-affinity terms with
+:func:`binder_spawner.nodes.preferred_node_affinity`; the rendezvous ranking
+is :func:`binder_spawner.nodes.rendezvous_rank`.
 
 The ranking, for one image:
 
@@ -32,17 +34,17 @@ so the scheduler takes the first listed node that fits.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from binder_spawner.nodes import rendezvous_rank
+
 # kubelet's nodeStatusMaxImages default: node.status.images lists at most the
 # 50 largest images (pkg/kubelet/nodestatus/setters.go, Images()).
 NODE_STATUS_MAX_IMAGES = 50
 
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 HOLDER_WEIGHT = 100
 FALLBACK_WEIGHT = 50
 
@@ -417,21 +419,6 @@ def node_room(nodes: Iterable[dict], pods: Iterable[dict]) -> dict[str, NodeRoom
 # Ranking
 
 
-def rendezvous_rank(nodes: Iterable[str], key: str) -> list[str]:
-    """``nodes`` ordered by highest random weight for ``key``.
-
-    Each node's weight is a hash of (node, key); the order for a key changes
-    only where nodes are added or removed, so a key keeps its first choices
-    while the cluster scales.
-    """
-
-    def weight(node: str) -> int:
-        digest = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
-
-    return sorted(nodes, key=lambda node: (-weight(node), node))
-
-
 def eviction_cost(
     cache: Iterable[tuple[float, int, str]],
     size: int,
@@ -532,23 +519,3 @@ def rank_nodes(
             fallback += 1
         answer.append((node, max(weight, 1)))
     return answer
-
-
-def preferred_node_affinity(
-    nodes_with_weights: Iterable[tuple[str, int]], label: str = HOSTNAME_LABEL
-) -> list[dict]:
-    """KubeSpawner ``node_affinity_preferred`` terms for a placement answer.
-
-    One ``preferredSchedulingTerm`` per node, matching the node's
-    ``kubernetes.io/hostname`` label; weights are clamped to 1..100, the
-    range the API server accepts.
-    """
-    return [
-        {
-            "weight": min(max(int(weight), 1), 100),
-            "preference": {
-                "matchExpressions": [{"key": label, "operator": "In", "values": [node]}]
-            },
-        }
-        for node, weight in nodes_with_weights
-    ]

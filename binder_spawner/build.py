@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import re
 
-from binder_service.placement import rendezvous_rank
-
-from .launch import repo_hash
+from .images import repo_hash
+from .nodes import rendezvous_rank
 
 #: Labels and annotations the project puts on the objects it creates.
 LABEL_PREFIX = "binder.jupyter.org/"

@@ -36,6 +36,11 @@ def safe_slug(slug, limit, hash_length=6):
     return f"{escaped[: limit - hash_length - 1]}-{digest[:hash_length]}".lower()
 
 
+def repo_hash(repo_key):
+    """A label-safe identifier of a repository (the raw URL never goes in a label)."""
+    return hashlib.sha256(repo_key.encode("utf-8")).hexdigest()[:16]
+
+
 def _build_slug(spec):
     if isinstance(spec, str):
         from .providers import build_slug_for_spec

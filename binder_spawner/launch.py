@@ -34,7 +34,6 @@ the spawn page.
 """
 
 import asyncio
-import hashlib
 import html
 import os
 import time
@@ -119,11 +118,6 @@ def ref_url(provider, repo_url, commit):
     if provider == "gist":
         return f"{base}/{commit}"
     return repo_url
-
-
-def repo_hash(repo_key):
-    """A label-safe identifier of a repository (the raw URL never goes in a label)."""
-    return hashlib.sha256(repo_key.encode("utf-8")).hexdigest()[:16]
 
 
 def binder_environment(spec, launch_host):

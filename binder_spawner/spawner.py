@@ -16,13 +16,13 @@ import jupyterhub
 from kubespawner import KubeSpawner
 from traitlets import Bool, Dict, Float, Instance, List, TraitError, Unicode, default, validate
 
-from binder_service.placement import preferred_node_affinity
-
 from . import build
 from .builder import BuildFailed, BuildPod, BuildTimedOut
 from .errors import spawn_error
+from .images import repo_hash
 from .kuberetry import CLUSTER_UNAVAILABLE_MESSAGE, ApiRetry, ClusterUnavailable, is_retryable
-from .launch import BinderLaunchMixin, repo_hash
+from .launch import BinderLaunchMixin
+from .nodes import preferred_node_affinity
 from .service_client import BinderServiceError
 
 #: collaborators shared by all spawners of a hub process, keyed by (class, name)

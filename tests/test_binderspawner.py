@@ -22,7 +22,7 @@ import pytest_asyncio
 from binder_service.limits import reservation_id
 from binder_service.permissions import service_role
 from binder_spawner import build
-from binder_spawner.launch import repo_hash
+from binder_spawner.images import repo_hash
 
 from .authhub import browser_api
 from .gitserver import GitServer

@@ -11,7 +11,7 @@ from kubernetes_asyncio.config import kube_config
 from repo2docker.__main__ import get_argparser
 
 from binder_spawner import build
-from binder_spawner.launch import repo_hash
+from binder_spawner.images import repo_hash
 from binder_spawner.spawner import BinderSpawner
 
 from .k8s.fixtures import reset_kubespawner_config

@@ -14,11 +14,10 @@ from binder_service.placement import (
     normalize_image,
     observe_cluster,
     parse_bytes,
-    preferred_node_affinity,
     pull_costs,
     rank_nodes,
-    rendezvous_rank,
 )
+from binder_spawner.nodes import preferred_node_affinity, rendezvous_rank
 from tests.k8s.scheduler import Z2JH_USER_SCHEDULER, schedule
 
 GiB = 2**30
