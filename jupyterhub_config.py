@@ -30,12 +30,12 @@ A second hub on the same machine needs its own ``BINDER_PORT``,
 one of them is taken.
 """
 
-import json
 import os
 import socket
 import sys
 from urllib.parse import urlparse
 
+from binder_service.hubconfig import hand_over
 from binder_service.permissions import service_role
 
 c = get_config()  # noqa: F821
@@ -152,36 +152,24 @@ if kubernetes:
     for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAMESPACE"):
         if os.environ.get(name):
             service_environment[name] = os.environ[name]
-c.JupyterHub.services.append(
-    {
-        "name": "binder",
-        "url": f"http://127.0.0.1:{service_port}",
-        "command": service_command,
-        "environment": service_environment,
-    }
-)
+binder_service = {
+    "name": "binder",
+    "url": f"http://127.0.0.1:{service_port}",
+    "command": service_command,
+    "environment": service_environment,
+}
+c.JupyterHub.services.append(binder_service)
 # exactly what the service uses (docs/permissions.md explains each scope)
 c.JupyterHub.load_roles.append(service_role())
 c.BinderServiceClient.url = f"http://127.0.0.1:{service_port}/services/binder/"
 
-# -- one RepoPolicy for the hub and the service ------------------------------------
+# -- one configuration for the hub and the service --------------------------------
 
-
-def _shared_settings(spawner):
-    """The hub's settings the service shares, as JSON: its c.RepoPolicy.
-
-    The service parses v2 launch links with its own RepoPolicy. Called by the hub
-    when it starts the service (a callable ``environment`` value), after every
-    config file is loaded: a ``load_subconfig`` file's ``c`` holds only its own
-    values, the hub's application holds all of them.
-    """
-    from traitlets.config import Application
-
-    return json.dumps({"RepoPolicy": Application.instance().config.RepoPolicy}, default=sorted)
-
-
-# binder_service reads BINDER_SERVICE_CONFIG at start (its --config file and command line win)
-service_environment["BINDER_SERVICE_CONFIG"] = _shared_settings
+# the service's RepoPolicy, idle and age limits, anonymous group and pod memory
+# are the hub's (c.RepoPolicy, the spawner's idle_timeout, max_age and
+# mem_guarantee, c.AnonymousAuthenticator.group), handed over when the hub
+# starts the service as BINDER_SERVICE_CONFIG (binder_service.hubconfig)
+hand_over(binder_service)
 
 # -- a second hub on this machine: refuse to start rather than share ports ---------
 

@@ -38,15 +38,13 @@ from binder_spawner.repos import RepoPolicy, SpecError
 from . import handlers as handlers_module
 from .culler import Culler
 from .hubapi import HubAPI, HubAPIError
+from .hubconfig import HUB_CONFIG_ENV, SHARED
 from .limits import LimitExceeded, LimitRules, Observed, ReservationStore
 from .metrics import LaunchEventLog, Metrics, build_pod_states
 from .placement_source import PlacementSource
 from .utils import Clock, parse_date
 
 STATIC = Path(__file__).parent / "static"
-
-#: JSON of a traitlets config (``{"RepoPolicy": {...}}``) the hub hands to the service
-HUB_CONFIG_ENV = "BINDER_SERVICE_CONFIG"
 
 
 class BinderService(Application):
@@ -322,17 +320,17 @@ class BinderService(Application):
 
     def initialize(self, argv=None):
         super().initialize(argv)
-        handed_over = os.environ.get(HUB_CONFIG_ENV)
+        handed_over = json.loads(os.environ.get(HUB_CONFIG_ENV) or "{}")
         if handed_over:
-            # the hub's settings that the service shares (c.RepoPolicy), as
-            # jupyterhub_config.py hands them over; the file and the command line win
-            self.update_config(Config(json.loads(handed_over)))
+            # the hub's settings that the service shares (binder_service.hubconfig)
+            self.update_config(Config(handed_over))
         if self.config_file:
             path = Path(self.config_file)
             self.load_config_file(path.name, path=str(path.parent.resolve()))
         if handed_over or self.config_file:
             # the command line wins over the file
             self.update_config(self.cli_config)
+        self._check_shared_settings(handed_over)
         self.log.name = "BinderService"
         self.clock = Clock(self.clock_offset_file)
         self.metrics = Metrics()
@@ -359,6 +357,41 @@ class BinderService(Application):
         self._launching = {}  # (user, server) -> started, for launch events
         self._badges = {}
         self._builds_seen = set()
+
+    def _check_shared_settings(self, handed_over):
+        """Refuse to start when the service's own file or command line sets a value
+        the hub hands over differently: each of them has one source, the hub's
+        configuration."""
+        for (section, name), (kind, trait) in SHARED.items():
+            if name not in handed_over.get(section, {}):
+                continue
+            hub_value = handed_over[section][name]
+            own_value = self.config[section][name]
+            if own_value != hub_value:
+                self.log.critical(
+                    "%s.%s is %r in binder_service's own configuration, but the hub's "
+                    "%s has %s = %r and hands it over. Set it once, as the %s's %s in the "
+                    "hub's configuration, and remove %s.%s from the service's.",
+                    section,
+                    name,
+                    own_value,
+                    kind,
+                    trait,
+                    hub_value,
+                    kind,
+                    trait,
+                    section,
+                    name,
+                )
+                self.exit(2)
+
+    def shared_settings(self):
+        """The values this service shares with the hub (``api/settings``)."""
+        objects = {"Culler": self.culler, "PlacementSource": self.placement_source}
+        settings = {}
+        for section, name in SHARED:
+            settings.setdefault(section, {})[name] = getattr(objects[section], name)
+        return settings
 
     # collaborators -------------------------------------------------------
 

@@ -82,6 +82,11 @@ class Culler(LoggingConfigurable):
         Seconds of inactivity after which an anonymous user's server is
         stopped. Default 600 (10 minutes, as mybinder.org). 0 disables.
 
+        Set by the hub when it starts the service (``jupyterhub_config.py``,
+        the chart values): the spawner's ``idle_timeout``, e.g.
+        ``c.BinderSpawner.idle_timeout = 1200``. Set here only for a service
+        the hub does not configure.
+
         Example: ``c.Culler.timeout = 1200``
 
         .. versionadded:: 0.1
@@ -93,6 +98,9 @@ class Culler(LoggingConfigurable):
         help="""
         Seconds after its start at which an anonymous user's server is
         stopped, active or not. Default 43200 (12 hours). 0 disables.
+
+        Set by the hub when it starts the service: the spawner's
+        ``max_age``, e.g. ``c.BinderSpawner.max_age = 6 * 3600``.
 
         Example: ``c.Culler.max_age = 6 * 3600``
 
@@ -149,6 +157,11 @@ class Culler(LoggingConfigurable):
         help="""
         The JupyterHub group whose members are anonymous users (the
         authenticator adds every visitor to it). Default ``binder-anonymous``.
+
+        Set by the hub when it starts the service: the authenticator's
+        ``group``, e.g. ``c.AnonymousAuthenticator.group = "binder-guests"``.
+
+        Example: ``c.Culler.anonymous_group = "binder-guests"``
 
         .. versionadded:: 0.1
         """,

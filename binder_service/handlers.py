@@ -8,6 +8,9 @@ REST API (JSON, ``Authorization: token T`` with a JupyterHub token):
   the hub shows the server stopping or gone.
 - ``GET api/usage`` -> ``{"total": n, "repos": {repo_key: n}}``, with the
   unfiltered ``read:servers`` scope only.
+- ``GET api/settings`` -> the values shared with the hub's configuration
+  (``{"Culler": {"timeout", ...}, "PlacementSource": {"pod_memory"}}``), with
+  the unfiltered ``read:servers`` scope only.
 - ``GET api/placement?image=IMAGE`` -> ``{"nodes": [{"name", "weight"}]}``.
 
 Public: ``v2/<provider>/<spec>`` launch links (redirect to the hub's spawn
@@ -191,6 +194,16 @@ class UsageHandler(BaseHandler):
         self.finish(json.dumps(await self.service.usage()))
 
 
+class SettingsHandler(BaseHandler):
+    async def get(self):
+        identity = await self.identity()
+        # the same callers as the usage: hub admins and services
+        if "read:servers" not in set(identity.get("scopes") or []):
+            raise web.HTTPError(403, "Only hub admins and services can read the settings.")
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.service.shared_settings()))
+
+
 class PlacementHandler(BaseHandler):
     async def get(self):
         await self.identity()
@@ -260,6 +273,7 @@ def handlers(prefix):
         (prefix + "api/reservations", ReservationsHandler),
         (prefix + r"api/reservations/([^/]+)", ReservationHandler),
         (prefix + "api/usage", UsageHandler),
+        (prefix + "api/settings", SettingsHandler),
         (prefix + "api/placement", PlacementHandler),
         (prefix + r"v2/(.+)", LaunchHandler),
         (prefix + "badge.svg", BadgeHandler, {"name": "badge.svg"}),

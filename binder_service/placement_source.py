@@ -74,7 +74,12 @@ class PlacementSource(LoggingConfigurable):
         2**30,
         help="""
         Bytes of memory one user pod requests, to leave out nodes without room
-        for one more. Default 1 GiB (the memory guarantee of the chart values).
+        for one more. Default 1 GiB.
+
+        Set by the hub when it starts the service: the spawner's
+        ``mem_guarantee`` (the chart's ``singleuser.memory.guarantee``).
+
+        Example: ``c.PlacementSource.pod_memory = 2 * 2**30``
 
         .. versionadded:: 0.1
         """,

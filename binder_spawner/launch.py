@@ -319,9 +319,12 @@ class BinderLaunchMixin(LoggingConfigurable):
     idle_timeout = Integer(
         600,
         help="""
-        Seconds of inactivity after which binder_service stops a server,
-        told to the server as ``BINDER_IDLE_TIMEOUT`` (so a notebook can
-        warn its user). Keep it equal to the service's setting. Default 600.
+        Seconds of inactivity after which binder_service stops an anonymous
+        user's server, told to the server as ``BINDER_IDLE_TIMEOUT`` (so a
+        notebook can warn its user). The hub hands this value to the service
+        (its ``Culler.timeout``) when it starts it. Default 600. 0 disables.
+
+        Example: ``c.BinderSpawner.idle_timeout = 1200``
 
         .. versionadded:: 0.1
         """,
@@ -330,9 +333,13 @@ class BinderLaunchMixin(LoggingConfigurable):
     max_age = Integer(
         12 * 3600,
         help="""
-        Seconds after which binder_service stops a server however active,
-        told to the server as ``BINDER_MAX_AGE``. Keep it equal to the
-        service's setting. Default 43200 (12 hours).
+        Seconds after its start at which binder_service stops an anonymous
+        user's server however active, told to the server as
+        ``BINDER_MAX_AGE``. The hub hands this value to the service (its
+        ``Culler.max_age``) when it starts it. Default 43200 (12 hours). 0
+        disables.
+
+        Example: ``c.BinderSpawner.max_age = 6 * 3600``
 
         .. versionadded:: 0.1
         """,

@@ -271,6 +271,8 @@ def test_extra_config_gives_the_service_the_cluster_address(monkeypatch):
     for source in values["hub"]["extraConfig"].values():
         exec(compile(source, "extraConfig", "exec"), {"c": c})
     (binder,) = [s for s in c.JupyterHub.services if s["name"] == "binder"]
+    # and the hub's shared settings (see test_chart_service_* below)
+    assert callable(binder["environment"].pop("BINDER_SERVICE_CONFIG"))
     assert binder["environment"] == {
         "KUBERNETES_SERVICE_HOST": "10.96.0.1",
         "KUBERNETES_SERVICE_PORT": "443",
@@ -355,3 +357,93 @@ def test_the_hub_waits_as_long_as_a_build_may_take():
     spawner = values["hub"]["config"]["BinderSpawner"]
     assert values["singleuser"]["startTimeout"] >= spawner["build_timeout"] + 60
     assert spawner["http_timeout"] >= 120
+
+
+def chart_hub(values, monkeypatch):
+    """The hub's configuration as the chart's jupyterhub_config.py builds it from
+    ``values``: hub.config, singleuser.memory, hub.services, then hub.extraConfig."""
+    from traitlets.config import Config
+
+    c = Config()
+    for section, settings in values["hub"]["config"].items():
+        c[section].update(settings)
+    # z2jh's jupyterhub_config.py: singleuser.memory.guarantee -> KubeSpawner.mem_guarantee
+    c.KubeSpawner.mem_guarantee = values["singleuser"]["memory"]["guarantee"]
+    c.JupyterHub.services = [
+        dict(service, name=name) for name, service in values["hub"]["services"].items()
+    ]
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    for source in values["hub"]["extraConfig"].values():
+        exec(compile(source, "extraConfig", "exec"), {"c": c})
+    return c
+
+
+def chart_service(values, monkeypatch):
+    """binder_service as the chart's hub starts it: its command line, and the
+    environment the hub computes for it when it starts it."""
+    from jupyterhub.app import JupyterHub
+
+    from binder_service.app import BinderService
+
+    c = chart_hub(values, monkeypatch)
+    (binder,) = [s for s in c.JupyterHub.services if s["name"] == "binder"]
+    JupyterHub.clear_instance()
+    hub = JupyterHub.instance(config=c)
+    try:
+        environment = {
+            key: value(None) if callable(value) else value
+            for key, value in binder["environment"].items()
+        }
+    finally:
+        JupyterHub.clear_instance()
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    service = BinderService()
+    service.initialize(binder["command"][3:])
+    return hub, service
+
+
+SHARED_OVERRIDES = {
+    "hub": {
+        "config": {
+            "BinderSpawner": {"idle_timeout": 1234, "max_age": 4321},
+            "AnonymousAuthenticator": {"group": "binder-guests"},
+            "RepoPolicy": {"allowed_providers": ["gh"]},
+        }
+    },
+    "singleuser": {"memory": {"guarantee": "3G"}},
+}
+
+
+def test_chart_service_gets_the_hubs_repo_policy(monkeypatch):
+    _, service = chart_service(merged_values(SHARED_OVERRIDES), monkeypatch)
+    assert service.policy.allowed_providers == {"gh"}
+    _, service = chart_service(merged_values(), monkeypatch)
+    assert service.policy.allowed_providers == {"gh", "gl", "git", "gist"}
+
+
+def test_chart_service_culls_after_the_spawners_idle_timeout(monkeypatch):
+    hub, service = chart_service(merged_values(SHARED_OVERRIDES), monkeypatch)
+    assert hub.spawner_class.__name__ == "BinderSpawner"
+    assert service.culler.timeout == 1234
+    _, service = chart_service(merged_values(), monkeypatch)
+    assert service.culler.timeout == 600
+
+
+def test_chart_service_culls_at_the_spawners_max_age(monkeypatch):
+    _, service = chart_service(merged_values(SHARED_OVERRIDES), monkeypatch)
+    assert service.culler.max_age == 4321
+
+
+def test_chart_service_knows_anonymous_users_by_the_authenticators_group(monkeypatch):
+    hub, service = chart_service(merged_values(SHARED_OVERRIDES), monkeypatch)
+    assert hub.authenticator_class.__name__ == "AnonymousAuthenticator"
+    assert service.culler.anonymous_group == "binder-guests"
+
+
+def test_chart_service_places_pods_of_singleuser_memory_guarantee(monkeypatch):
+    _, service = chart_service(merged_values(SHARED_OVERRIDES), monkeypatch)
+    assert service.placement_source.pod_memory == 3 * 2**30
+    # the chart's own 1G: the same as the placement model's default
+    _, service = chart_service(merged_values(), monkeypatch)
+    assert service.placement_source.pod_memory == 2**30

@@ -7,7 +7,6 @@ lives in root's private home.
 """
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -15,11 +14,10 @@ import sys
 import tempfile
 import textwrap
 
-import aiohttp
 import pytest
 
 from .hub import start_hub
-from .utils import REPO_ROOT, free_port, poll
+from .utils import REPO_ROOT, free_port
 
 ROOT_CONFIG = str(REPO_ROOT / "jupyterhub_config.py")
 
@@ -176,49 +174,3 @@ async def test_two_hubs_side_by_side(hub_factory, tmp_path):
     async with first.browser() as browser:
         async with browser.get(first.url + "/services/binder/health") as resp:
             assert resp.status == 200
-
-
-async def test_service_gets_the_hubs_repo_policy(hub_factory, tmp_path):
-    # a git server on the LAN, allowed in the hub's configuration (not by environment)
-    policy = """
-c.RepoPolicy.allowed_hosts = ["git.lan.example:8080"]
-c.RepoPolicy.allow_http = True
-c.RepoPolicy.allowed_providers = {"gh", "git"}
-"""
-    link = "v2/git/http%3A%2F%2Fgit.lan.example%3A8080%2Forg%2Frepo/main"
-    # the spawner's RepoPolicy, configured as the hub's, accepts the link
-    from traitlets.config import PyFileConfigLoader
-
-    from binder_spawner.repos import RepoPolicy
-
-    policy_file = tmp_path / "policy.py"
-    policy_file.write_text(policy)
-    config = PyFileConfigLoader(policy_file.name, path=str(tmp_path)).load_config()
-    spec = RepoPolicy(config=config).parse(link[len("v2/") :])
-    assert spec.repo_url == "http://git.lan.example:8080/org/repo"
-
-    env = _second_hub_env(tmp_path, "policy")
-    hub = await hub_factory(
-        policy + f"load_subconfig({ROOT_CONFIG!r})\n",
-        env={k: v for k, v in env.items() if k.startswith("BINDER_") or k == "KUBECONFIG"},
-        port=int(env["BINDER_PORT"]),
-        timeout=90,
-    )
-    service = f"http://127.0.0.1:{env['BINDER_SERVICE_PORT']}/services/binder/"
-
-    async def launch(path):
-        async with hub.browser() as browser:
-            async with browser.get(service + path, allow_redirects=False) as resp:
-                return resp.status, resp.headers.get("Location", ""), await resp.text()
-
-    async def answers():
-        with contextlib.suppress(aiohttp.ClientError):
-            return (await launch("health"))[0] == 200
-
-    await poll(answers, timeout=60, message="binder_service to answer")
-    status, location, text = await launch(link)
-    assert status == 302, text
-    assert "opt-repo=http%3A%2F%2Fgit.lan.example%3A8080%2Forg%2Frepo" in location
-    # and what the hub's policy leaves out stays out: gl/ is not an allowed provider
-    status, _, text = await launch("v2/gl/group/project/main")
-    assert status == 400, text

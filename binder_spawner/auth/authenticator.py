@@ -69,8 +69,9 @@ class AnonymousAuthenticator(Authenticator):
         help="""
         JupyterHub group every anonymous user is added to when it is created.
 
-        binder_service uses the same group to tell anonymous users from real
-        ones and deletes them once their servers have stopped; the per-user
+        binder_service uses the same group (the hub hands it over as the
+        service's ``Culler.anonymous_group``) to tell anonymous users from
+        real ones and deletes them once their servers have stopped; the per-user
         server cap and the logout clean-up apply to its members only.
         Default: ``"binder-anonymous"``. Example::
 
