@@ -1,4 +1,4 @@
-"""The ``jupyterhub-binder`` command line: ``service`` and ``inspect``.
+"""The ``jupyterhub-binder`` command line: ``service``, ``inspect`` and ``plan``.
 
 It lives in binder_service, the upper of the two packages, because it
 reaches both: binder_service imports binder_spawner, never the reverse.
@@ -7,7 +7,7 @@ reaches both: binder_service imports binder_spawner, never the reverse.
 import argparse
 import sys
 
-from binder_spawner import __version__, inspect_cmd
+from binder_spawner import __version__, inspect_cmd, plan_cmd
 
 
 def build_parser():
@@ -24,6 +24,7 @@ def build_parser():
     )
     service.set_defaults(func=lambda args: run_service([]))
     inspect_cmd.add_parser(commands)
+    plan_cmd.add_parser(commands)
     return parser
 
 

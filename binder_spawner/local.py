@@ -29,7 +29,13 @@ from . import homeinit
 from .cgroups import cgroup_name
 from .errors import spawn_error
 from .launch import BinderLaunchMixin
-from .localbuild import ENV_MOUNT, BuildError, EnvironmentBuilder, UnsupportedRepository
+from .localbuild import (
+    ENV_MOUNT,
+    BuildError,
+    EnvironmentBuilder,
+    UnsupportedRepository,
+    activation_command,
+)
 from .sandbox import SANDBOX_HOME, Sandbox, SandboxUnavailable
 
 # Variables of the hub's environment that must not reach a user's server:
@@ -158,7 +164,9 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             env.pop(name, None)
         if self._environment is not None:
             venv = self._environment.sandbox_venv
-            env["VIRTUAL_ENV"] = venv
+            if self._environment.kind != "conda":
+                # a conda prefix gets CONDA_PREFIX and the rest from its activation
+                env["VIRTUAL_ENV"] = venv
             env["PATH"] = f"{venv}/bin:/usr/local/bin:/usr/bin:/bin"
         env.setdefault("LANG", "C.UTF-8")
         env["MALLOC_ARENA_MAX"] = "2"
@@ -178,6 +186,9 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
         if environment.start:
             # repo2docker: "start" runs first and ends with exec "$@"
             cmd = [f"{environment.sandbox_repo}/{environment.start}", *cmd]
+        if environment.kind == "conda":
+            # as repo2docker's entrypoint: the environment is activated before "start"
+            cmd = [*activation_command(environment.sandbox_venv), *cmd]
         max_file = self.builder_home_max_file()
         return [
             f"{environment.sandbox_venv}/bin/python",

@@ -40,10 +40,12 @@ from traitlets import Bool, Enum, Instance, Integer, List, Unicode, default, val
 from traitlets.config import SingletonConfigurable
 from traitlets.traitlets import TraitError
 
-from . import gitref
+from . import condainstall, gitref
 from .cgroups import cgroup_name
 from .localplan import (
+    APT_POLICIES,
     UnsupportedRepository,
+    conda_channels,
     environment_key,
     nearest_python,
     plan_build,
@@ -66,6 +68,61 @@ OVERRIDES_FILE = ".binder-overrides.txt"
 # how long an unknown commit of a repository is remembered (one fetch, not one per launch)
 MISSING_COMMIT_SECONDS = 600
 
+# the pip: section of an environment.yml, written beside it by the build uid
+PIP_SECTION_FILE = ".binder-environment-pip.txt"
+
+# What ``conda activate`` does to a server's environment, done by the server's
+# own uid inside its sandbox when it starts (never by root): the variables of
+# etc/conda/env_vars.d/*.json and conda-meta/state, then the activate.d shell
+# scripts sourced, then the server (or postBuild) exec'd. $1 is the prefix.
+ACTIVATE_SCRIPT = r"""
+prefix=$1; shift
+export CONDA_PREFIX="$prefix" CONDA_DEFAULT_ENV="$prefix" CONDA_SHLVL=1
+vars=$("$prefix/bin/python" -I -S -c '
+import glob, json, os, re, shlex, sys
+prefix = sys.argv[1]
+files = sorted(glob.glob(os.path.join(prefix, "etc/conda/env_vars.d/*.json")))
+for path in files + [os.path.join(prefix, "conda-meta/state")]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        continue
+    if path.endswith("state"):
+        data = data.get("env_vars", {}) if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        continue
+    for name, value in data.items():
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            print("export %s=%s" % (name, shlex.quote(str(value))))
+' "$prefix") || exit 1
+eval "$vars"
+for script in "$prefix"/etc/conda/activate.d/*.sh; do
+    [ -f "$script" ] && . "$script"
+done
+exec "$@"
+"""
+
+
+def activation_command(prefix):
+    """The argv prefix that runs a command as if in ``conda activate PREFIX``."""
+    return ["/bin/bash", "-c", ACTIVATE_SCRIPT, "binder-activate", prefix]
+
+
+@functools.cache
+def condainstall_source():
+    """The text of :mod:`binder_spawner.condainstall`, passed to the sandbox as ``-c``."""
+    return Path(condainstall.__file__).read_text()
+
+
+def rattler_dir():
+    """The folder of the installed ``rattler`` package (mounted read-only into builds)."""
+    try:
+        import rattler
+    except ImportError:
+        return None
+    return os.path.dirname(os.path.abspath(rattler.__file__))
+
 
 def instance_id(envs_dir):
     """A short name for one hub's local mode, from its environments directory.
@@ -79,10 +136,12 @@ def instance_id(envs_dir):
 class BuildError(Exception):
     """A build step failed; ``tail`` holds the last log lines."""
 
-    def __init__(self, message, tail=()):
+    def __init__(self, message, tail=(), status=None):
         super().__init__(message)
         self.message = message
         self.tail = list(tail)
+        #: the failed step's exit status, when a step exited
+        self.status = status
 
 
 @dataclass
@@ -97,6 +156,8 @@ class Environment:
     path: str
     python_version: str
     start: str | None = None
+    #: "python" (a virtual environment) or "conda" (a conda prefix, activated at start)
+    kind: str = "python"
     warnings: list = field(default_factory=list)
     size: int = 0
     #: bytes a home gets copies of (the checkout without .git and large files)
@@ -367,6 +428,51 @@ class EnvironmentBuilder(SingletonConfigurable):
         """,
     ).tag(config=True)
 
+    apt_policy = Enum(
+        list(APT_POLICIES),
+        "warn",
+        help="""
+        What local mode does with a repository's ``apt.txt`` (system packages it cannot
+        install): ``warn`` builds without them and lists them on the progress page,
+        ``refuse`` refuses the repository with a message naming the Kubernetes mode.
+
+        Default ``warn``: most repositories list tools a notebook rarely needs.
+        Example: ``c.EnvironmentBuilder.apt_policy = "refuse"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    conda_channels = List(
+        Unicode(),
+        ["conda-forge"],
+        help="""
+        The site's default conda channels, for ``environment.yml`` repositories.
+
+        They are what ``defaults`` means in an ``environment.yml`` and are added
+        after the file's own channels unless it lists ``nodefaults``. Names are
+        looked up under ``conda_channel_alias``; full URLs are used as they are.
+        Default ``["conda-forge"]``.
+        Example: ``c.EnvironmentBuilder.conda_channels = ["conda-forge", "bioconda"]``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    conda_channel_alias = Unicode(
+        "https://conda.anaconda.org",
+        help="""
+        Where named conda channels are fetched from: a channel ``NAME`` is
+        ``{conda_channel_alias}/NAME``. Point it at a mirror to serve every named
+        channel (the site's and the repositories') from there.
+
+        Default ``https://conda.anaconda.org``.
+        Example: ``c.EnvironmentBuilder.conda_channel_alias = "https://conda-mirror.example.org"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
     disk_budget = ByteSpecification(
         20 * 1024**3,
         help="""
@@ -444,6 +550,11 @@ class EnvironmentBuilder(SingletonConfigurable):
         salt = [self.installer, *self.jupyter_packages]
         if self.installer == "uv":
             salt += self.uv_overrides
+        if self.conda_channels != ["conda-forge"] or self.conda_channel_alias != (
+            "https://conda.anaconda.org"
+        ):
+            # another channel setup builds conda environments differently
+            salt += ["conda", self.conda_channel_alias, *self.conda_channels]
         return environment_key(repo, commit, " ".join(salt))
 
     @property
@@ -678,7 +789,9 @@ class EnvironmentBuilder(SingletonConfigurable):
         run = functools.partial(self._step, task, path, uid, cgroup=cgroup)
         task.add_line(f"Cloning {repo_url} at {commit}")
         await self._clone(run, task, repo_url, commit, git_config)
-        plan = await asyncio.to_thread(plan_build, repo)
+        plan = await asyncio.to_thread(plan_build, repo, self.apt_policy)
+        if plan.conda is not None:
+            return await self._build_conda(task, run, path, plan)
         python, version, warnings = await self._choose_python(plan.python_version)
         for warning in warnings:
             task.add_line(f"Warning: {warning}")
@@ -715,6 +828,94 @@ class EnvironmentBuilder(SingletonConfigurable):
             start=plan.start,
             warnings=warnings,
             python_prefix=prefix if prefix in self._tool_mounts([prefix]) else None,
+        )
+
+    async def _build_conda(self, task, run, path, plan):
+        """An ``environment.yml``: solve and install with rattler, then pip and Jupyter."""
+        env = plan.conda
+        repo_in = Environment.sandbox_repo
+        venv_in = Environment.sandbox_venv
+        for warning in plan.warnings:
+            task.add_line(f"Warning: {warning}")
+        rattler_path = rattler_dir()
+        if rattler_path is None:
+            self.log.error("Local mode cannot build conda environments: py-rattler is missing")
+            raise BuildError(
+                "This hub cannot build conda environments; its administrator has been told."
+            )
+        # the interpreter that runs the solver script (any Python 3 with the abi3 wheel)
+        tool_python, _, _ = await self._choose_python(None)
+        channels = conda_channels(env, self.conda_channels)
+        env_dir = os.path.dirname(env.path)
+        pip_file = (
+            "/".join(p for p in (repo_in, env_dir, PIP_SECTION_FILE) if p) if env.pip else None
+        )
+        request = {
+            "rattler_path": os.path.dirname(rattler_path),
+            "channels": channels,
+            "channel_alias": self.conda_channel_alias,
+            "specs": env.specs,
+            "prefix": venv_in,
+            "cache": CACHE_MOUNT + "/conda",
+            "solve_key": json.dumps([env.digest, channels, self.conda_channel_alias]),
+            "pip_lines": env.pip,
+            "pip_file": pip_file,
+        }
+        task.add_line(f"Creating the conda environment of {env.path}")
+        extra = [os.path.dirname(os.path.dirname(tool_python)), rattler_path]
+        try:
+            await run(
+                [tool_python, "-I", "-S", "-c", condainstall_source(), json.dumps(request)],
+                extra=extra,
+            )
+        except BuildError as e:
+            if e.status == condainstall.UNSOLVABLE:
+                raise BuildError(
+                    f"The conda environment of {env.path} cannot be solved: no set of "
+                    f"packages from {', '.join(channels)} satisfies it.",
+                    e.tail,
+                    e.status,
+                ) from None
+            if e.status == condainstall.CHANNEL_ERROR:
+                raise BuildError(
+                    f"The conda packages of {env.path} could not be fetched from "
+                    f"{', '.join(channels)}.",
+                    e.tail,
+                    e.status,
+                ) from None
+            raise
+        python_in = venv_in + "/bin/python"
+        install = [self.uv_path, "pip", "install", "--python", python_in]
+        if self.uv_overrides:
+            install += ["--overrides", f"{ENV_MOUNT}/{OVERRIDES_FILE}"]
+        if pip_file:
+            task.add_line("Installing the pip: section: " + " ".join(env.pip))
+            await run(
+                [*install, "-r", pip_file],
+                cwd="/".join(p for p in (repo_in, env_dir) if p),
+            )
+        args = list(self.jupyter_packages)
+        if args:
+            task.add_line("Installing " + " ".join(args))
+            await run(install + args, cwd=repo_in)
+        scripts = [s for s in (plan.post_build, plan.start) if s]
+        if scripts:
+            await run(["/bin/chmod", "+x", "--", *scripts], cwd=repo_in)
+        if plan.post_build:
+            task.add_line(f"Running {plan.post_build}")
+            await run(
+                [*activation_command(venv_in), f"{repo_in}/{plan.post_build}"],
+                cwd=repo_in,
+                home=repo_in,
+            )
+        version = await asyncio.to_thread(_conda_python_version, os.path.join(path, "venv"))
+        return Environment(
+            key=task.key,
+            path=path,
+            python_version=version or plan.python_version or "unknown",
+            start=plan.start,
+            warnings=list(plan.warnings),
+            kind="conda",
         )
 
     async def _clone(self, run, task, repo_url, commit, git_config=None):
@@ -859,6 +1060,7 @@ class EnvironmentBuilder(SingletonConfigurable):
             raise BuildError(
                 f"The build failed: {name} exited with status {proc.returncode}.",
                 task.tail,
+                proc.returncode,
             )
 
     # -- Python interpreters ----------------------------------------------------
@@ -980,6 +1182,34 @@ class EnvironmentBuilder(SingletonConfigurable):
                 os.unlink(self._marker(key))
             shutil.rmtree(os.path.join(self.envs_dir, key), ignore_errors=True)
         return evicted
+
+
+def _conda_python_version(prefix):
+    """The Python version installed in a conda prefix, from ``conda-meta``'s file names.
+
+    Only names are listed, through a descriptor that follows no link: the
+    build uid wrote the prefix.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(prefix, flags)
+    except OSError:
+        return None
+    try:
+        meta = os.open("conda-meta", flags, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        names = os.listdir(meta)
+    finally:
+        os.close(meta)
+    for name in names:
+        parts = name.rsplit("-", 2)
+        if len(parts) == 3 and parts[0] == "python" and name.endswith(".json"):
+            return parts[1]
+    return None
 
 
 def _kill_step(proc, cgroup):

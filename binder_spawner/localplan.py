@@ -11,15 +11,29 @@ The rules follow repo2docker's Python buildpack (``repo2docker/buildpacks/base.p
   package (``setup.py``, or ``pyproject.toml`` with ``[project]`` and ``[build-system]``);
 - ``postBuild`` runs once after installation, ``start`` wraps the server command.
 
-Configuration that needs a container build is refused with a message naming
-the Kubernetes mode.
+and its Conda buildpack (``conda/__init__.py``: ``environment_yaml_path``,
+``python_version``, ``detect``): ``environment.yml`` (or ``.yaml``) makes the
+repository a conda environment: its ``channels`` (``nodefaults`` drops the
+site's default channels), its ``dependencies`` (conda match specs, plus one
+``pip:`` list installed with pip, ``-r file`` lines relative to the file), the
+Python version from the first ``python=X.Y`` dependency; ``name`` and
+``prefix`` are ignored, and so are ``requirements.txt``, ``setup.py`` and the
+Python of ``runtime.txt`` (repo2docker's Conda buildpack reads none of them).
+
+Each file local mode cannot honour gets a decision (:data:`CONTAINER_ONLY_FILES`,
+``apt.txt`` per the site's policy): a refusal naming the Kubernetes mode, or
+(``apt.txt`` under the ``warn`` policy) a build without it and a warning that
+lists what is left out. :func:`plan_build` is the one place these rules live;
+the builder and ``jupyterhub-binder plan`` both call it.
 """
 
 import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import yaml
 
 try:
     import tomllib
@@ -29,8 +43,6 @@ except ImportError:  # Python 3.10: pyproject.toml-only packages are not detecte
 # Files whose presence means the repository needs a container build: their
 # meaning in repo2docker (system packages, conda, R, Julia, Nix, a Dockerfile).
 CONTAINER_ONLY_FILES = {
-    "apt.txt": "system packages (apt.txt)",
-    "environment.yml": "a conda environment (environment.yml)",
     "Dockerfile": "a Dockerfile",
     "install.R": "R packages (install.R)",
     "DESCRIPTION": "an R package (DESCRIPTION)",
@@ -43,6 +55,16 @@ CONTAINER_ONLY_FILES = {
 MAX_CONFIG_FILE = 64 * 1024
 PYTHON_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 
+ENVIRONMENT_FILES = ("environment.yml", "environment.yaml")
+#: what local mode does with ``apt.txt``: build without it and say so, or refuse
+APT_POLICIES = ("warn", "refuse")
+# repo2docker's PYTHON_REGEX (conda/__init__.py), anchored on the package name
+PYTHON_PIN_RE = re.compile(r"^\s*python\s*(?:=+|\s)\s*(\d+(?:\.\d+)*)")
+# channel names conda treats as "the defaults"
+DEFAULTS = "defaults"
+NODEFAULTS = "nodefaults"
+MAX_SPECS = 1000
+
 
 class UnsupportedRepository(Exception):
     """The repository's configuration cannot be built in local mode."""
@@ -50,6 +72,24 @@ class UnsupportedRepository(Exception):
     def __init__(self, message):
         super().__init__(message)
         self.message = message
+
+
+@dataclass
+class CondaEnvironment:
+    """An ``environment.yml``, read as repo2docker reads it."""
+
+    #: the file, relative to the checkout
+    path: str
+    #: channels as the file names them, in order, without ``nodefaults``
+    channels: list = field(default_factory=list)
+    #: ``nodefaults`` is listed: the site's default channels are not added
+    nodefaults: bool = False
+    #: conda match specs
+    specs: list = field(default_factory=list)
+    #: the ``pip:`` lines (requirements, ``-r file`` relative to ``path``'s folder)
+    pip: list = field(default_factory=list)
+    #: sha256 of the file's bytes (the solve cache's key includes it)
+    digest: str = ""
 
 
 @dataclass
@@ -62,6 +102,14 @@ class BuildPlan:
     install_repo: bool = False
     post_build: str | None = None
     start: str | None = None
+    #: the conda environment, when the repository has an environment.yml
+    conda: CondaEnvironment | None = None
+    #: what the build leaves out, for the progress page
+    warnings: list = field(default_factory=list)
+
+    @property
+    def kind(self):
+        return "conda" if self.conda is not None else "python"
 
 
 def _read_config(repo_dir, relpath):
@@ -159,8 +207,116 @@ def _is_python_package(repo_dir):
     return "project" in data and "build-system" in data
 
 
-def plan_build(repo_dir):
-    """Read a checkout's configuration into a :class:`BuildPlan` (no subprocesses)."""
+def _kubernetes_refusal(what):
+    return UnsupportedRepository(
+        f"This repository needs {what}, which local mode cannot install. "
+        "Launch it on a hub running Binder's Kubernetes mode (BinderSpawner), "
+        "which builds a container image with repo2docker."
+    )
+
+
+def parse_apt(text):
+    """The package names of an ``apt.txt`` (comments and blank lines skipped)."""
+    names = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+def python_pin(specs):
+    """``"X.Y"`` from the first ``python=X.Y[.Z]`` spec (repo2docker's rule), else None.
+
+    A bare major (``python=3``) gives None: the solver picks the newest 3.x.
+    """
+    for spec in specs:
+        m = PYTHON_PIN_RE.match(spec)
+        if m:
+            parts = m.group(1).split(".")
+            return ".".join(parts[:2]) if len(parts) >= 2 else None
+    return None
+
+
+def parse_environment(text, path="environment.yml"):
+    """An ``environment.yml``'s text -> :class:`CondaEnvironment`; raises UnsupportedRepository.
+
+    Every error names the file and what to change.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise UnsupportedRepository(f"{path} is not valid YAML{where}: {problem}.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UnsupportedRepository(
+            f"{path} should be a mapping with 'channels' and 'dependencies', "
+            f"not a {type(data).__name__}."
+        )
+    env = CondaEnvironment(path=path, digest=hashlib.sha256(text.encode()).hexdigest())
+    channels = data.get("channels") or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise UnsupportedRepository(f"{path}: 'channels' should be a list of channel names.")
+    for channel in channels:
+        channel = channel.strip()
+        if channel == NODEFAULTS:
+            env.nodefaults = True
+        elif channel and channel not in env.channels:
+            env.channels.append(channel)
+    dependencies = data.get("dependencies") or []
+    if not isinstance(dependencies, list):
+        raise UnsupportedRepository(f"{path}: 'dependencies' should be a list.")
+    if len(dependencies) > MAX_SPECS:
+        raise UnsupportedRepository(f"{path} lists more than {MAX_SPECS} dependencies.")
+    for dep in dependencies:
+        if isinstance(dep, (int, float)) and not isinstance(dep, bool):
+            dep = str(dep)
+        if isinstance(dep, str):
+            spec = dep.strip()
+            if not spec:
+                continue
+            _check_spec(spec, path)
+            env.specs.append(spec)
+        elif isinstance(dep, dict) and set(dep) == {"pip"}:
+            lines = dep["pip"] or []
+            if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+                raise UnsupportedRepository(
+                    f"{path}: the 'pip:' section should be a list of requirements."
+                )
+            env.pip.extend(x.strip() for x in lines if x.strip())
+        else:
+            raise UnsupportedRepository(
+                f"{path}: {str(dep)[:60]!r} in 'dependencies' is neither a package "
+                "spec nor a 'pip:' list."
+            )
+    # the pip: section is installed with uv, which needs no pip in the environment
+    return env
+
+
+def _check_spec(spec, path):
+    """A conda match spec; rattler's parser says what is wrong with one."""
+    try:
+        from rattler import MatchSpec
+    except ImportError:  # the plan without rattler: the build's solver checks it
+        return
+    try:
+        MatchSpec(spec)
+    except Exception as e:  # rattler raises its own InvalidMatchSpecError
+        raise UnsupportedRepository(
+            f"{path}: {spec[:80]!r} is not a conda package spec ({str(e)[:200]})."
+        ) from None
+
+
+def plan_build(repo_dir, apt_policy="warn"):
+    """Read a checkout's configuration into a :class:`BuildPlan` (no subprocesses).
+
+    ``apt_policy``: ``"warn"`` builds without ``apt.txt`` and warns, listing
+    its packages; ``"refuse"`` refuses the repository.
+    """
     binder_dir = find_binder_dir(repo_dir)
 
     def path(name):
@@ -168,23 +324,103 @@ def plan_build(repo_dir):
 
     for name, what in CONTAINER_ONLY_FILES.items():
         if _is_file(repo_dir, path(name)):
-            raise UnsupportedRepository(
-                f"This repository needs {what}, which local mode cannot install. "
-                "Launch it on a hub running Binder's Kubernetes mode (BinderSpawner), "
-                "which builds a container image with repo2docker."
-            )
+            raise _kubernetes_refusal(what)
     plan = BuildPlan(binder_dir=binder_dir)
-    runtime = _read_config(repo_dir, path("runtime.txt"))
-    if runtime is not None:
-        _, plan.python_version = parse_runtime(runtime)
-    if _is_file(repo_dir, path("requirements.txt")):
-        plan.requirements = path("requirements.txt")
-    plan.install_repo = not binder_dir and _is_python_package(repo_dir)
+    apt = _read_config(repo_dir, path("apt.txt"))
+    if apt is not None:
+        packages = parse_apt(apt)
+        listed = ", ".join(packages[:30]) + (" ..." if len(packages) > 30 else "")
+        if apt_policy == "refuse":
+            raise _kubernetes_refusal(f"system packages from {path('apt.txt')} ({listed})")
+        plan.warnings.append(
+            f"{path('apt.txt')} is not installed: local mode cannot add system packages "
+            f"({listed or 'none listed'}). Code that needs them will fail."
+        )
+    for name in ENVIRONMENT_FILES:
+        text = _read_config(repo_dir, path(name))
+        if text is not None:
+            plan.conda = parse_environment(text, path(name))
+            plan.python_version = python_pin(plan.conda.specs)
+            if _is_file(repo_dir, path("requirements.txt")):
+                plan.warnings.append(
+                    f"{path('requirements.txt')} is not installed: with {path(name)}, "
+                    "repo2docker installs only the conda environment (list the "
+                    f"requirements under 'pip:' in {path(name)}, e.g. '- -r requirements.txt')."
+                )
+            runtime = _read_config(repo_dir, path("runtime.txt"))
+            if runtime is not None:
+                _, version = parse_runtime(runtime)
+                if version:
+                    plan.warnings.append(
+                        f"{path('runtime.txt')} is ignored with {path(name)}: "
+                        f"pin Python there instead (python={version})."
+                    )
+            break
+    else:
+        runtime = _read_config(repo_dir, path("runtime.txt"))
+        if runtime is not None:
+            _, plan.python_version = parse_runtime(runtime)
+        if _is_file(repo_dir, path("requirements.txt")):
+            plan.requirements = path("requirements.txt")
+        plan.install_repo = not binder_dir and _is_python_package(repo_dir)
     if _is_file(repo_dir, path("postBuild")):
         plan.post_build = path("postBuild")
     if _is_file(repo_dir, path("start")):
         plan.start = path("start")
     return plan
+
+
+def conda_channels(env, site_channels):
+    """The channels to solve ``env`` with, in priority order.
+
+    The file's channels come first; ``defaults`` means the site's channels
+    (there is no Anaconda ``defaults`` here), which conda also appends after
+    the file's own unless it lists ``nodefaults``.
+    """
+    channels = []
+    for channel in env.channels:
+        for name in site_channels if channel == DEFAULTS else [channel]:
+            if name not in channels:
+                channels.append(name)
+    if not env.nodefaults:
+        for name in site_channels:
+            if name not in channels:
+                channels.append(name)
+    return channels
+
+
+def describe(plan, site_channels=("conda-forge",), jupyter_packages=()):
+    """The plan as ``jupyterhub-binder plan`` prints it (JSON-ready)."""
+    steps = []
+    if plan.conda is not None:
+        env = plan.conda
+        channels = conda_channels(env, list(site_channels))
+        steps.append(
+            f"solve {env.path} for this platform from {', '.join(channels) or 'no channel'}: "
+            + " ".join(env.specs)
+        )
+        steps.append("install the conda packages into the environment's prefix")
+        if env.pip:
+            steps.append("uv pip install " + " ".join(env.pip))
+    else:
+        steps.append(f"create a Python {plan.python_version or '(default)'} environment")
+        if plan.requirements:
+            steps.append(f"uv pip install -r {plan.requirements}")
+        if plan.install_repo:
+            steps.append("uv pip install . (the repository is a Python package)")
+    if jupyter_packages:
+        steps.append("uv pip install " + " ".join(jupyter_packages))
+    if plan.post_build:
+        steps.append(f"run {plan.post_build}")
+    if plan.start:
+        steps.append(f"start the server through {plan.start}")
+    return {
+        "supported": True,
+        "kind": plan.kind,
+        "python": plan.python_version,
+        "steps": steps,
+        "warnings": list(plan.warnings),
+    }
 
 
 def version_tuple(version):

@@ -79,6 +79,8 @@ def test_plan_follows_repo2docker(tmp_path, files, expected):
         "install_repo": False,
         "post_build": None,
         "start": None,
+        "conda": None,
+        "warnings": [],
     }
     assert vars(plan) == {**defaults, **expected}
 
@@ -86,8 +88,6 @@ def test_plan_follows_repo2docker(tmp_path, files, expected):
 @pytest.mark.parametrize(
     "files",
     [
-        pytest.param({"environment.yml": "dependencies: [numpy]"}, id="environment-yml"),
-        pytest.param({"binder/apt.txt": "curl"}, id="apt-in-binder"),
         pytest.param({"Dockerfile": "FROM scratch"}, id="dockerfile"),
         pytest.param({"install.R": ""}, id="install-r"),
         pytest.param({"Project.toml": ""}, id="julia"),
@@ -266,10 +266,10 @@ async def test_broken_requirements_fail_with_the_installer_error(git, build_root
     assert builder.build(url, git.sha("org/broken")) is not task
 
 
-async def test_environment_yml_gets_the_kubernetes_message(git, build_root):
-    url = git.create_repo("org/conda", {"environment.yml": "dependencies:\n  - numpy\n"})
+async def test_dockerfile_gets_the_kubernetes_message(git, build_root):
+    url = git.create_repo("org/docker", {"Dockerfile": "FROM scratch\n"})
     builder = make_builder(build_root)
-    task = builder.build(url, git.sha("org/conda"))
+    task = builder.build(url, git.sha("org/docker"))
     await collect(task)
     with pytest.raises(UnsupportedRepository, match="Kubernetes mode"):
         await task.result()

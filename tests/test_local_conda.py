@@ -1,0 +1,170 @@
+"""Local mode builds conda environments (environment.yml) with rattler, in the build sandbox.
+
+The packages come from a real conda channel the tests make and serve on
+loopback (:mod:`tests.condachannel`), configured as a site would configure a
+mirror (``conda_channel_alias`` and ``conda_channels``). Builder-level tests
+here; launches through a hub in ``test_local_conda_hub.py``.
+"""
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from binder_spawner.localbuild import BuildError, EnvironmentBuilder
+from binder_spawner.localplan import UnsupportedRepository
+
+from .condachannel import CHANNEL, PLACEHOLDER, ChannelServer, cached_channel, host_python
+from .gitserver import GitServer
+from .localhub import shared_cache_dir
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SMALL_PACKAGE = "six==1.17.0"
+
+
+@pytest.fixture(scope="module")
+def channel():
+    server = ChannelServer(cached_channel()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def build_root():
+    root = tempfile.mkdtemp(prefix="binder-conda-")
+    os.chmod(root, 0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def git(tmp_path_factory):
+    server = GitServer(tmp_path_factory.mktemp("git"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_builder(root, channel, **kwargs):
+    kwargs.setdefault("jupyter_packages", [])
+    return EnvironmentBuilder(
+        envs_dir=os.path.join(root, "envs"),
+        cache_dir=shared_cache_dir(),
+        python_downloads=False,
+        conda_channel_alias=channel.url,
+        conda_channels=[CHANNEL],
+        **kwargs,
+    )
+
+
+async def collect(task):
+    return [line async for line in task.follow()]
+
+
+def read(*parts):
+    with open(os.path.join(*parts)) as f:
+        return f.read()
+
+
+def exists(*parts):
+    return os.path.exists(os.path.join(*parts))
+
+
+CONDA_REPO = {
+    "binder/environment.yml": "name: ignored\nchannels: [binderforge]\ndependencies:\n"
+    "  - binderlib >=2\n  - pip:\n    - -r pip-extra.txt\n",
+    # relative to the environment file's folder, as conda resolves it
+    "binder/pip-extra.txt": SMALL_PACKAGE + "\n",
+    "binder/postBuild": "#!/bin/bash\nset -e\n"
+    'echo "postBuild: $BINDERTOOL_ACTIVE $BINDERTOOL_LEVEL $BINDERTOOL_HOME $CONDA_PREFIX"\n'
+    "python -c 'import binderlib, six; print(\"imports\", binderlib.VERSION, six.__version__)'\n",
+    # not read: the binder folder wins
+    "requirements.txt": "this-package-does-not-exist-binder-test\n",
+}
+
+
+async def test_conda_environment_built_sealed_and_activated(git, build_root, channel):
+    url = git.create_repo("org/conda-env", CONDA_REPO)
+    builder = make_builder(build_root, channel)
+    task = builder.build(url, git.sha("org/conda-env"))
+    lines = await collect(task)
+    text = "\n".join(lines)
+    env = await task.result()
+    assert env.kind == "conda", text
+    assert "Creating the conda environment of binder/environment.yml" in text
+    assert "Solved 3 conda packages" in text and "(cached solve)" not in text
+    assert "  bindertool 0.3 h0_0" in text
+    # the pip: section went in with uv, from the package index
+    assert any(SMALL_PACKAGE in line for line in lines), text
+    # postBuild ran in the activated environment: env_vars.d, then activate.d
+    assert "postBuild: yes 3 /srv/binder/venv/share/bindertool /srv/binder/venv" in lines, text
+    assert "imports 2.0 1.17.0" in lines
+    # conda's prefix replacement: the build placeholder became the prefix
+    assert read(env.venv, "share/bindertool/where.txt") == "/srv/binder/venv/share/bindertool\n"
+    assert PLACEHOLDER not in read(env.venv, "share/bindertool/where.txt")
+    assert exists(env.venv, "share/jupyter/kernels/bindertool/kernel.json")
+    assert env.python_version == host_python()[1]
+    # sealed like any environment: root's, read-only
+    for path in (env.venv, os.path.join(env.venv, "conda-meta"), env.repo_dir):
+        st = os.lstat(path)
+        assert st.st_uid == 0 and not st.st_mode & 0o022, path
+
+    # another commit with the same environment.yml: the solve is not repeated
+    commit = git.commit("org/conda-env", {"notes.md": "more\n"})
+    again = builder.build(url, commit)
+    lines = await collect(again)
+    await again.result()
+    assert any("(cached solve)" in line for line in lines), lines
+
+
+async def test_other_environment_is_solved_again(git, build_root, channel):
+    url = git.create_repo(
+        "org/conda-old", {"environment.yml": "dependencies:\n  - binderlib <2\n  - python\n"}
+    )
+    builder = make_builder(build_root, channel)
+    task = builder.build(url, git.sha("org/conda-old"))
+    lines = await collect(task)
+    env = await task.result()
+    assert any(line.startswith("Solved 2 conda packages") for line in lines), lines
+    assert not exists(env.venv, "share/bindertool")
+
+
+async def test_unsatisfiable_environment_explained(git, build_root, channel):
+    url = git.create_repo("org/conda-unsat", {"environment.yml": "dependencies: [needs-missing]\n"})
+    builder = make_builder(build_root, channel)
+    task = builder.build(url, git.sha("org/conda-unsat"))
+    await collect(task)
+    with pytest.raises(BuildError) as info:
+        await task.result()
+    assert info.value.message == (
+        "The conda environment of environment.yml cannot be solved: "
+        "no set of packages from binderforge satisfies it."
+    )
+    tail = "\n".join(info.value.tail)
+    assert "no-such-package >=1, for which no candidates were found" in tail
+    assert builder.load(task.key) is None
+
+
+async def test_channel_that_does_not_answer(git, build_root, channel):
+    url = git.create_repo(
+        "org/conda-nochannel",
+        {"environment.yml": "channels: [nodefaults, no-such-channel]\ndependencies: [python]\n"},
+    )
+    builder = make_builder(build_root, channel)
+    task = builder.build(url, git.sha("org/conda-nochannel"))
+    await collect(task)
+    with pytest.raises(BuildError) as info:
+        await task.result()
+    assert "could not be fetched from no-such-channel" in info.value.message
+    assert "404" in "\n".join(info.value.tail)
+
+
+async def test_bad_yaml_refused_with_its_line(git, build_root, channel):
+    url = git.create_repo("org/conda-bad", {"environment.yml": "dependencies:\n  - [numpy\n"})
+    builder = make_builder(build_root, channel)
+    task = builder.build(url, git.sha("org/conda-bad"))
+    await collect(task)
+    with pytest.raises(UnsupportedRepository, match="environment.yml is not valid YAML"):
+        await task.result()
