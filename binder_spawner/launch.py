@@ -43,10 +43,10 @@ from traitlets import Bool, Callable, Instance, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .errors import spawn_error
+from .perprocess import one_per_process
 from .service_client import BinderServiceClient, BinderServiceError, ServiceUnavailable
 
 #: collaborators shared by the spawners of a hub process, keyed by (class, name)
-_SHARED = {}
 
 #: The user_options keys a launch reads. Everything else is refused.
 LAUNCH_OPTION_KEYS = ("repo", "ref", "urlpath", "labpath", "filepath")
@@ -253,10 +253,7 @@ class BinderLaunchMixin(LoggingConfigurable):
         # every user's launches (the configuration is the hub's, the same for all)
         from .repos import RepoPolicy
 
-        key = (type(self), "repo_policy")
-        if key not in _SHARED:
-            _SHARED[key] = RepoPolicy(parent=self)
-        return _SHARED[key]
+        return one_per_process((type(self), "repo_policy"), lambda: RepoPolicy(parent=self))
 
     service_client = Instance(
         BinderServiceClient,

@@ -36,6 +36,7 @@ from .localbuild import (
     UnsupportedRepository,
     activation_command,
 )
+from .perprocess import one_per_process
 from .sandbox import SANDBOX_HOME, Sandbox, SandboxUnavailable
 
 # Variables of the hub's environment that must not reach a user's server:
@@ -407,7 +408,10 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
 
     @default("builder")
     def _default_builder(self):
-        return EnvironmentBuilder.instance(config=self.config, log=self.log)
+        # one per hub process: it serialises builds and evictions of the shared environments
+        return one_per_process(
+            EnvironmentBuilder, lambda: EnvironmentBuilder(config=self.config, log=self.log)
+        )
 
     def builder_home_max_file(self):
         return self.builder.home_max_file

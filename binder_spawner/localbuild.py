@@ -37,7 +37,7 @@ from pathlib import Path
 import jupyterhub
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import Bool, Enum, Instance, Integer, List, Unicode, default, validate
-from traitlets.config import SingletonConfigurable
+from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import TraitError
 
 from . import condainstall, gitref
@@ -232,7 +232,7 @@ class BuildTask:
         return await asyncio.shield(self.future)
 
 
-class EnvironmentBuilder(SingletonConfigurable):
+class EnvironmentBuilder(LoggingConfigurable):
     """Builds, reuses and evicts local-mode environments (one per hub process)."""
 
     envs_dir = Unicode(

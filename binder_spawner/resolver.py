@@ -27,6 +27,7 @@ from traitlets import Float, Instance, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import gitref, netcheck
+from .perprocess import one_per_process
 from .providers import SpecError
 
 
@@ -75,13 +76,11 @@ def _kill_group(proc):
 class ResolveCache:
     """Resolved (repository, ref) results and in-flight resolutions.
 
-    One process-wide instance (:meth:`shared`) is the default for every
+    One process-wide instance (:func:`shared_resolve_cache`) is the default for every
     :class:`RepoPolicy`: JupyterHub makes one spawner, hence one policy, per
     user, and the cache is only useful across users. Bounded by
     :attr:`RepoPolicy.resolve_cache_size`.
     """
-
-    _shared = None
 
     def __init__(self):
         #: key -> (stored at, commit or SpecError), oldest first
@@ -89,15 +88,14 @@ class ResolveCache:
         #: key -> asyncio task of the resolution in flight
         self.inflight = {}
 
-    @classmethod
-    def shared(cls):
-        if cls._shared is None:
-            cls._shared = cls()
-        return cls._shared
-
     def clear(self):
         self.entries.clear()
         self.inflight.clear()
+
+
+def shared_resolve_cache():
+    """The process-wide :class:`ResolveCache`, every :class:`RepoPolicy`'s default."""
+    return one_per_process(ResolveCache, ResolveCache)
 
 
 class RefResolver(LoggingConfigurable):
@@ -163,7 +161,7 @@ class RefResolver(LoggingConfigurable):
 
     @default("resolve_cache")
     def _default_resolve_cache(self):
-        return ResolveCache.shared()
+        return shared_resolve_cache()
 
     git_executable = Unicode(
         "git",

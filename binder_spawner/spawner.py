@@ -23,10 +23,9 @@ from .images import repo_hash
 from .kuberetry import CLUSTER_UNAVAILABLE_MESSAGE, ApiRetry, ClusterUnavailable, is_retryable
 from .launch import BinderLaunchMixin
 from .nodes import preferred_node_affinity
+from .perprocess import one_per_process
 from .service_client import BinderServiceError
 
-#: collaborators shared by all spawners of a hub process, keyed by (class, name)
-_SHARED = {}
 #: fire-and-forget tasks, referenced until done
 _BACKGROUND = set()
 #: one lock per shared reflector key: one start (or replacement) at a time
@@ -77,14 +76,14 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         # registry tokens serve every user's launches
         from .registry import RegistryClient
 
-        key = (type(self), "registry_client")
-        if key not in _SHARED:
+        def make():
             client = RegistryClient(parent=self)
             scheme, host = self._registry_endpoint()
             if scheme == "http" and host not in client.insecure_registries:
                 client.insecure_registries = [*client.insecure_registries, host]
-            _SHARED[key] = client
-        return _SHARED[key]
+            return client
+
+        return one_per_process((type(self), "registry_client"), make)
 
     registry_url = Unicode(
         help="""
@@ -115,11 +114,11 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
     async def _load_push_credentials(self):
         """Registry credentials for lookups from :attr:`push_secret`, read once per process."""
-        key = (type(self), "push_secret_loaded")
+        loaded = one_per_process((type(self), "push_secret_loaded"), dict)
         client = self.registry_client
         if (
             not self.push_secret
-            or _SHARED.get(key)
+            or loaded.get(self.push_secret)
             or client.docker_config
             or client.docker_config_path
         ):
@@ -139,7 +138,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         except Exception as e:
             self.log.warning("Cannot read registry credentials from %s: %s", self.push_secret, e)
             return
-        _SHARED[key] = True
+        loaded[self.push_secret] = True
 
     builder_image = Unicode(
         DEFAULT_BUILDER_IMAGE,
@@ -786,17 +785,18 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
     def _start_orphan_sweeper(self):
         from .orphans import OrphanBuildSweeper
 
-        key = (type(self), "orphan_sweeper", self.build_namespace)
-        if key in _SHARED:
-            return
-        sweeper = _SHARED[key] = OrphanBuildSweeper(
-            self.api,
-            self.build_namespace,
-            grace_period=self.build_orphan_grace_period,
-            retry=self.api_retry(),
-            log=self.log,
-        )
-        sweeper.start()
+        def make():
+            sweeper = OrphanBuildSweeper(
+                self.api,
+                self.build_namespace,
+                grace_period=self.build_orphan_grace_period,
+                retry=self.api_retry(),
+                log=self.log,
+            )
+            sweeper.start()
+            return sweeper
+
+        one_per_process((type(self), "orphan_sweeper", self.build_namespace), make)
 
 
 def reflector_is_dead(reflector):

@@ -28,9 +28,9 @@ def test_failed(request):
 @pytest.fixture(autouse=True)
 def _fresh_resolve_cache():
     """Every test starts with an empty process-wide ref cache (loopback ports get reused)."""
-    from binder_spawner.repos import ResolveCache
+    from binder_spawner.resolver import shared_resolve_cache
 
-    ResolveCache.shared().clear()
+    shared_resolve_cache().clear()
 
 
 @pytest.fixture

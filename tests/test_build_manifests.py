@@ -330,3 +330,21 @@ async def test_placement_answer_becomes_preferred_node_affinity():
     BinderSpawner._add_preferred_terms(pod, terms[:1])
     preferred = pod.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution
     assert preferred == terms + terms
+
+
+async def test_spawners_of_a_class_share_collaborators():
+    from binder_spawner.resolver import shared_resolve_cache
+
+    one, two = BinderSpawner(_mock=True), BinderSpawner(_mock=True)
+    assert one.registry_client is two.registry_client
+    assert one.repo_policy is two.repo_policy
+    assert one.repo_policy.resolve_cache is shared_resolve_cache()
+
+    class OtherSpawner(BinderSpawner):
+        pass
+
+    other = OtherSpawner(_mock=True)
+    assert other.registry_client is not one.registry_client
+    assert other.repo_policy is not one.repo_policy
+    # the resolve cache is keyed by the settings it depends on: one for all
+    assert other.repo_policy.resolve_cache is one.repo_policy.resolve_cache

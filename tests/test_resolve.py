@@ -253,7 +253,7 @@ async def test_spawners_share_the_default_cache(repo, git_server):
     url, shas = repo
     settings = {"allow_http": True, "allowed_hosts": [git_server.host]}
     first, second = RepoPolicy(**settings), RepoPolicy(**settings)
-    assert first.resolve_cache is second.resolve_cache is ResolveCache.shared()
+    assert first.resolve_cache is second.resolve_cache is resolver.shared_resolve_cache()
     results = await asyncio.gather(
         first.resolve(first.parse({"repo": url, "ref": "dev-or-main"})),
         second.resolve(second.parse({"repo": url, "ref": "dev-or-main"})),
