@@ -7,14 +7,14 @@ page with JupyterHub's pagination (``Accept: application/jupyterhub-pagination+j
 ``offset``/``limit``), so a hub with many users is never read in one response.
 """
 
-import asyncio
 import json
-import random
 from urllib.parse import quote, urlencode
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
+
+from binder_spawner.retry import fetch_with_retries
 
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 
@@ -65,9 +65,11 @@ class HubAPI(LoggingConfigurable):
     retries = Integer(
         4,
         help="""
-        How many times a request failing with a network error or a 5xx answer
-        is retried, with exponential backoff (0.2 s doubling, capped at 5 s,
-        with jitter). Default 4.
+        How many times a request failing with a network error or a 5xx or 429
+        answer is retried, with exponential backoff (full jitter below 0.2 s,
+        doubling, capped at 5 s). Default 4: at most five attempts. 0 tries once.
+
+        Example: ``c.HubAPI.retries = 2``
 
         .. versionadded:: 0.1
         """,
@@ -103,30 +105,18 @@ class HubAPI(LoggingConfigurable):
 
         A status outside ``ok`` (other than a retried 5xx) raises :class:`HubAPIError`.
         """
-        client = AsyncHTTPClient()
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                response = await client.fetch(
-                    self._request(method, path, token, body, headers), raise_error=False
-                )
-            except (OSError, HTTPClientError) as e:
-                if last:
-                    raise
-                self.log.warning("Hub API %s %s failed (%s), retrying", method, path, e)
-            else:
-                code = response.code
-                if code in ok:
-                    data = json.loads(response.body) if response.body else None
-                    return code, data
-                if (code >= 500 or code == 599) and not last:
-                    self.log.warning("Hub API %s %s answered %s, retrying", method, path, code)
-                else:
-                    text = response.body.decode("utf8", "replace") if response.body else ""
-                    raise HubAPIError(method, path, code, text)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5)
+        response = await fetch_with_retries(
+            lambda: AsyncHTTPClient().fetch(
+                self._request(method, path, token, body, headers), raise_error=False
+            ),
+            retries=self.retries,
+            what=f"Hub API {method} {path}",
+            log=self.log,
+        )
+        if response.code in ok:
+            return response.code, json.loads(response.body) if response.body else None
+        text = response.body.decode("utf8", "replace") if response.body else ""
+        raise HubAPIError(method, path, response.code, text)
 
     async def paginate(self, path, params=None):
         """Yield every item of a paginated list (``/users``, ``/groups``)."""

@@ -27,7 +27,8 @@ import json
 from kubernetes_asyncio.client.rest import ApiException
 
 from .build import parse_log_line, pod_outcome
-from .kuberetry import ApiRetry, backoff, is_retryable
+from .kuberetry import ApiRetry, is_retryable
+from .retry import backoff
 
 #: how many log lines a failure message keeps
 TAIL_LINES = 10

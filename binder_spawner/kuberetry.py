@@ -14,11 +14,12 @@ and is raised at once for the caller to handle.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
+
+from .retry import backoff
 
 #: statuses that mean "the API is overloaded or away", not "the request is wrong"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -60,11 +61,6 @@ def describe(error):
     if isinstance(error, ApiException):
         return f"HTTP {error.status} {error.reason or ''}".strip()
     return f"{error.__class__.__name__}: {error}".rstrip(": ")
-
-
-def backoff(attempt, start=0.2, factor=2.0, cap=5.0, rng=random):
-    """Wait before retry ``attempt`` (0-based): full jitter below an exponential cap."""
-    return rng.uniform(0, min(cap, start * factor**attempt))
 
 
 class ApiRetry:

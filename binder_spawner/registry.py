@@ -20,7 +20,6 @@ times; an image that exists is remembered for a short time (a missing one is
 not: it may be pushed any moment by a build).
 """
 
-import asyncio
 import base64
 import json
 import os
@@ -28,11 +27,12 @@ import re
 import time
 from urllib.parse import urlencode, urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Dict, Float, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .images import split_image
+from .retry import NETWORK_ERRORS, RETRY_STATUSES, fetch_with_retries
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -133,19 +133,29 @@ class RegistryClient(LoggingConfigurable):
     ).tag(config=True)
 
     retries = Integer(
-        3,
+        2,
         help="""
-        Attempts per lookup when the registry is unreachable or answers 5xx or
-        429, with exponential backoff between them. Default 3.
+        How many times a registry request is retried when the registry is
+        unreachable or answers 5xx or 429, with exponential backoff (full
+        jitter below :attr:`retry_delay`, doubling, capped at 5 s). Default 2:
+        at most three attempts. 0 tries once.
+
+        Example: ``c.RegistryClient.retries = 4``
 
         .. versionadded:: 0.1
+        .. versionchanged:: 0.2
+           Counts retries, as ``c.HubAPI.retries`` does; it used to count
+           attempts (default 3), so a configured value now allows one more.
         """,
     ).tag(config=True)
 
     retry_delay = Float(
         0.2,
         help="""
-        Seconds before the first retry; doubled for each further one. Default 0.2.
+        Longest wait in seconds before the first retry (the wait is random
+        below it); doubled for each further one. Default 0.2.
+
+        Example: ``c.RegistryClient.retry_delay = 0.5``
 
         .. versionadded:: 0.1
         """,
@@ -268,29 +278,22 @@ class RegistryClient(LoggingConfigurable):
             connect_timeout=self.timeout,
             request_timeout=self.timeout,
         )
-        delay = self.retry_delay
-        for attempt in range(1, max(1, self.retries) + 1):
+        where = url.split("?", 1)[0]
+
+        def fetch():
             self.requests += 1
-            try:
-                response = await AsyncHTTPClient().fetch(request, raise_error=False)
-            except (OSError, HTTPClientError, asyncio.TimeoutError) as e:
-                error = f"{type(e).__name__}: {e}"
-                response = None
-            else:
-                if response.code < 500 and response.code not in (429, 599):
-                    return response
-                error = f"HTTP {response.code}"
-            if attempt >= self.retries:
-                break
-            self.log.warning(
-                "Registry request %s %s failed (%s), retry %d/%d in %.1fs",
-                method,
-                url.split("?", 1)[0],
-                error,
-                attempt,
-                self.retries - 1,
-                delay,
+            return AsyncHTTPClient().fetch(request, raise_error=False)
+
+        try:
+            response = await fetch_with_retries(
+                fetch,
+                retries=self.retries,
+                what=f"Registry request {method} {where}",
+                log=self.log,
+                start=self.retry_delay,
             )
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise RegistryError(f"registry request {url.split('?', 1)[0]} failed: {error}")
+        except NETWORK_ERRORS as e:
+            raise RegistryError(f"registry request {where} failed: {type(e).__name__}: {e}") from e
+        if response.code in RETRY_STATUSES:
+            raise RegistryError(f"registry request {where} failed: HTTP {response.code}")
+        return response

@@ -76,7 +76,7 @@ async def test_bearer_token_flow(registry_token):
 
 async def test_unreachable_registry_bounded_retries():
     host = f"127.0.0.1:{free_port()}"
-    client = RegistryClient(insecure_registries=[host], retries=3, retry_delay=0.01)
+    client = RegistryClient(insecure_registries=[host], retries=2, retry_delay=0.01)
     with pytest.raises(RegistryError, match="failed"):
         await client.image_exists(f"{host}/binder/x:t")
     assert client.requests == 3
@@ -135,7 +135,7 @@ async def test_server_errors_are_retried(registry):
     registry.push_image("binder/flaky", "t")
     front = FaultyFront(registry.url, [503, 429]).start()
     try:
-        client = RegistryClient(insecure_registries=[front.host], retries=3, retry_delay=0.01)
+        client = RegistryClient(insecure_registries=[front.host], retries=2, retry_delay=0.01)
         assert await client.image_exists(f"{front.host}/binder/flaky:t")
         assert front.requests == 3
         front.failures = [502, 502, 502]
@@ -158,3 +158,23 @@ async def test_expired_token_is_renewed(registry_token):
     now[0] += 299  # tokens live 300 s; the client renews 10 s early
     assert await client.image_exists(image)
     assert tokens.token_requests == issued + 1
+
+
+async def test_retries_mean_the_same_for_the_registry_and_the_hub_api():
+    """``retries=1``: one attempt and one retry, for RegistryClient as for HubAPI."""
+    from binder_service.hubapi import HubAPI, HubAPIError
+
+    front = FaultyFront("http://127.0.0.1:9", [503] * 10).start()
+    try:
+        client = RegistryClient(insecure_registries=[front.host], retries=1, retry_delay=0.01)
+        with pytest.raises(RegistryError, match="HTTP 503"):
+            await client.image_exists(f"{front.host}/binder/x:t")
+        assert front.requests == 2
+        hub = HubAPI(api_url=f"http://{front.host}/hub/api", api_token="t", retries=1)
+        with pytest.raises(HubAPIError) as raised:
+            await hub.info()
+        assert raised.value.status == 503
+        assert front.requests == 4
+        assert RegistryClient().retries == 2  # three attempts, as before the rename of meaning
+    finally:
+        front.stop()
