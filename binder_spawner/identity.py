@@ -13,6 +13,8 @@ import time
 from collections import OrderedDict, deque
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .querydata import first_value
+
 # lowercase letters and digits: names stay valid JupyterHub "safe slugs"
 # (jupyterhub 6.1 ``slugs.is_valid_safe_slug``) and Kubernetes label values
 NAME_ALPHABET = string.ascii_lowercase + string.digits
@@ -108,12 +110,9 @@ def launch_repo(url):
 def first_repo_param(query):
     """The first repository value in a parsed query (``{name: [values]}``), or ``""``."""
     for key in REPO_PARAMS:
-        values = query.get(key) or []
-        for value in values:
-            if isinstance(value, bytes):
-                value = value.decode("utf8", "replace")
-            if value:
-                return value
+        value = first_value(query.get(key))
+        if value:
+            return value
     return ""
 
 

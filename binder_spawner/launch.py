@@ -44,6 +44,7 @@ from traitlets.config import LoggingConfigurable
 
 from .errors import spawn_error
 from .perprocess import one_per_process
+from .querydata import first_values
 from .service_client import BinderServiceClient, BinderServiceError, ServiceUnavailable
 
 #: collaborators shared by the spawners of a hub process, keyed by (class, name)
@@ -149,18 +150,6 @@ def default_url_for(urlpath):
     if problem:
         raise spawn_error(problem, status_code=400)
     return "/" + urlpath
-
-
-def first_values(data):
-    """Form and query data arrive as lists of strings: keep the first of each."""
-    options = {}
-    for key, value in data.items():
-        if isinstance(value, (list, tuple)):
-            value = value[0] if value else ""
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        options[key] = value
-    return options
 
 
 def strip_option_prefix(query):

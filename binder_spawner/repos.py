@@ -34,6 +34,7 @@ from traitlets import (
 
 from . import gitref, netcheck
 from .providers import DEFAULT_PROVIDER_URLS, PROVIDERS, RepoRef, SpecError
+from .querydata import first_value
 from .resolver import RefResolver, ResolveCache
 
 __all__ = ["LaunchSpec", "RepoPolicy", "ResolveCache", "SpecError"]
@@ -179,19 +180,11 @@ def _git_key(url):
 
 
 def _first(value, name):
-    """A single string from a query/form value (tornado gives lists of bytes or str)."""
-    if isinstance(value, list | tuple):
-        if len(value) != 1:
-            raise SpecError(f"Give exactly one value for {name}.")
-        value = value[0]
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf8")
-        except UnicodeDecodeError:
-            raise SpecError(f"The {name} is not valid UTF-8.") from None
-    if not isinstance(value, str):
-        raise SpecError(f"The {name} must be a string.")
-    return value
+    """One string from a query/form value, or :class:`SpecError` naming ``name``."""
+    try:
+        return first_value(value, name)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 class RepoPolicy(RefResolver):

@@ -161,3 +161,27 @@ def test_sliding_window_limiter_bounded_memory():
 )
 def test_safe_next_url(url, base, ok):
     assert bool(safe_next_url(url, base)) is ok
+
+
+def test_one_reading_of_query_values():
+    """The router, the spawner's form and RepoPolicy.parse read a value the same way."""
+    from binder_spawner.identity import first_repo_param
+    from binder_spawner.querydata import first_value, first_values
+    from binder_spawner.repos import RepoPolicy, SpecError
+
+    assert first_value([b"gh/a/b", b"gh/c/d"]) == "gh/a/b"
+    assert first_value(["gh/a/b"]) == "gh/a/b"
+    assert first_value("gh/a/b") == "gh/a/b"
+    assert first_value([]) == first_value(None) == first_value(7) == ""
+    assert first_value([b"\xff"]) == "\ufffd"
+    assert first_values({"repo": [b"x"], "ref": []}) == {"repo": "x", "ref": ""}
+    # the router sees the first repo=, as the spawner's form reads it
+    assert first_repo_param({"repo": [b"", b"gh/c/d"], "opt-repo": [b"gh/a/b"]}) == "gh/a/b"
+    with pytest.raises(ValueError, match="exactly one value for ref"):
+        first_value(["a", "b"], "ref")
+    with pytest.raises(ValueError, match="ref is not valid UTF-8"):
+        first_value([b"\xff"], "ref")
+    with pytest.raises(ValueError, match="ref must be a string"):
+        first_value(7, "ref")
+    with pytest.raises(SpecError, match="exactly one value for repository"):
+        RepoPolicy().parse({"repo": ["gh/a/b/main", "gh/c/d/main"]})

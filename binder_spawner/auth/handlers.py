@@ -17,6 +17,7 @@ from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 
 from ..identity import first_repo_param, random_suffix, repo_slug, safe_log, safe_next_url
+from ..querydata import first_value
 from ..service_client import ServiceUnavailable
 
 
@@ -153,12 +154,7 @@ class AnonymousLogoutHandler(AuthenticatorMixin, SameSiteCookiesMixin, LogoutHan
 
 
 def _option(options, key):
-    value = (options or {}).get(key)
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    if isinstance(value, bytes):
-        value = value.decode("utf8", "replace")
-    return (value or "").strip() if isinstance(value, str) else ""
+    return first_value((options or {}).get(key)).strip()
 
 
 class LaunchRouterHandler(AuthenticatorMixin, SameSiteCookiesMixin, SpawnHandler):
