@@ -116,11 +116,6 @@ def first_repo_param(query):
     return ""
 
 
-def parse_networks(values):
-    """``ip_network`` objects for CIDR strings or addresses; raises ``ValueError``."""
-    return [ipaddress.ip_network(v, strict=False) for v in values]
-
-
 def _parse_ip(value):
     value = (value or "").strip()
     # "[2001:db8::1]:443" or "192.0.2.1:1234" as some proxies write them

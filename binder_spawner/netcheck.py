@@ -120,5 +120,9 @@ def is_local_name(host):
 
 
 def parse_networks(values):
-    """CIDR strings to ``ip_network`` objects (non-strict: host bits allowed)."""
+    """CIDR strings or addresses to ``ip_network`` objects (host bits allowed); raises ``ValueError``.
+
+    The one parser of network lists: banned repository networks
+    (``RepoPolicy``) and trusted proxies (``AnonymousAuthenticator``).
+    """
     return [ipaddress.ip_network(v, strict=False) for v in values]

@@ -11,10 +11,10 @@ from binder_spawner.identity import (
     anonymous_name,
     client_address,
     launch_repo,
-    parse_networks,
     repo_slug,
     safe_next_url,
 )
+from binder_spawner.netcheck import parse_networks
 
 SAFE_SLUG = re.compile(r"^[a-z]([a-z0-9]|-(?=[a-z0-9]))*$")
 

@@ -27,9 +27,9 @@ from ..identity import (
     anonymous_name,
     client_address,
     launch_repo,
-    parse_networks,
     safe_log,
 )
+from ..netcheck import parse_networks
 from .handlers import (
     AnonymousLoginHandler,
     AnonymousLogoutHandler,
