@@ -231,20 +231,6 @@ class RepoPolicy(RefResolver):
         """,
     ).tag(config=True)
 
-    spec_config = List(
-        Dict(),
-        help="""
-        Per-spec settings: a list of ``{"pattern": REGEX, "config": {...}}``;
-        :meth:`config_for` merges the ``config`` of every pattern that matches a
-        spec (later entries win). Other components read their per-repository
-        overrides (limits, resources) from it. Default: empty.
-
-        Example: ``c.RepoPolicy.spec_config = [{"pattern": "^gh/my-org/", "config": {"quota": 200}}]``
-
-        .. versionadded:: 0.1
-        """,
-    ).tag(config=True)
-
     allow_http = Bool(
         False,
         help="""
@@ -384,15 +370,6 @@ class RepoPolicy(RefResolver):
     def _is_trusted(self, host, port):
         trusted = self._tables().trusted
         return (host, port) in trusted or (host, None) in trusted
-
-    def config_for(self, spec):
-        """Merged :attr:`spec_config` entries whose pattern matches ``spec`` (a LaunchSpec or str)."""
-        text = spec.spec if isinstance(spec, LaunchSpec) else spec
-        merged = {}
-        for entry in self.spec_config:
-            if re.match(entry.get("pattern", "(?!)"), text, re.IGNORECASE):
-                merged.update(entry.get("config", {}))
-        return merged
 
     # --- parsing -------------------------------------------------------------
 

@@ -664,21 +664,6 @@ def test_provider_urls_for_enterprise_hosts():
     assert policy.parse("https://github.com/org/repo").provider == "git"
 
 
-def test_spec_config_overrides():
-    policy = RepoPolicy(
-        spec_config=[
-            {"pattern": "^gh/big-org/", "config": {"quota": 200, "memory": "4G"}},
-            {"pattern": "^gh/big-org/special", "config": {"quota": 500}},
-        ]
-    )
-    assert policy.config_for(policy.parse("gh/big-org/special/main")) == {
-        "quota": 500,
-        "memory": "4G",
-    }
-    assert policy.config_for("gh/BIG-org/x/HEAD") == {"quota": 200, "memory": "4G"}
-    assert policy.config_for("gh/other/x/HEAD") == {}
-
-
 @pytest.mark.parametrize(
     "trait, value",
     [
