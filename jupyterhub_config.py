@@ -24,10 +24,12 @@ Environment variables for the common changes (see the README):
   not ``https://`` and the host of the prefix, e.g. ``http://registry.local:5000``.
 - ``BINDER_HUB_PORT``: loopback port of the hub itself (default 8081).
 - ``BINDER_PROXY_API_PORT``: loopback port of the proxy's API (default 8001).
+- ``BINDER_UID_BASE`` (local mode as root): first uid of the range the sandboxes
+  run as (default 2000000, ``c.Sandbox.uid_base``).
 
 A second hub on the same machine needs its own ``BINDER_PORT``,
-``BINDER_STATE_DIR`` and the three loopback ports; the hub refuses to start if
-one of them is taken.
+``BINDER_STATE_DIR``, the three loopback ports and, as root, ``BINDER_UID_BASE``
+(at least 1000000 away); the hub refuses to start if one of them is taken.
 """
 
 import os
@@ -195,6 +197,9 @@ if _taken:
 
 if not kubernetes:
     from binder_spawner.local import check_local_mode
+
+    if "BINDER_UID_BASE" in os.environ:
+        c.Sandbox.uid_base = int(os.environ["BINDER_UID_BASE"])
 
     # the sandbox uids must reach the environments; as root, cgroups must enforce
     # the limits (or c.Sandbox.require_cgroups = False, set before this file is

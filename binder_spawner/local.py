@@ -100,17 +100,22 @@ def check_local_mode(config):
 def _check_started_hub(config):
     from jupyterhub.app import JupyterHub
 
-    if JupyterHub.initialized():
+    started = JupyterHub.initialized()
+    if started:
         config = JupyterHub.instance().config
     # SystemExit from a loop callback ends the hub's start, with the message
-    _check_local_mode(config)
+    _check_local_mode(config, claim_uids=started)
 
 
-def _check_local_mode(config):
+def _check_local_mode(config, claim_uids=False):
     builder = EnvironmentBuilder(config=config)
     sandbox = Sandbox(config=config, log=builder.log)
     try:
         sandbox.preflight()
+        if claim_uids:
+            # only a running hub holds the range (not `jupyterhub-binder inspect` reading
+            # the same config file)
+            sandbox.claim_uids()
         os.makedirs(builder.envs_dir, mode=0o711, exist_ok=True)
         sandbox.check_reachable(builder.envs_dir)
     except SandboxUnavailable as e:

@@ -28,6 +28,7 @@ count are the kernel's, through a cgroup per server and per build
 (:mod:`binder_spawner.cgroups`). The threat model is in the README.
 """
 
+import fcntl
 import json
 import os
 import subprocess
@@ -174,6 +175,11 @@ def _bwrap_features(bwrap):
 
 
 _CGROUP_HOSTS = {}
+
+# Where a root hub claims its sandbox uid range: root-only, not reachable by any sandbox.
+UID_CLAIM_DIR = "/run/jupyterhub-binder"
+# uid_base -> open, locked file descriptor, held for the life of the hub process
+_UID_CLAIMS = {}
 
 
 class Sandbox(LoggingConfigurable):
@@ -463,6 +469,49 @@ class Sandbox(LoggingConfigurable):
         parts.append("seccomp filter " + ("on" if program else "off"))
         parts.append("uids switched" if self.switches_uid else "one uid (the hub is not root)")
         return "; ".join(parts)
+
+    def claim_uids(self, claim_dir=UID_CLAIM_DIR):
+        """Hold this hub's sandbox uid range for as long as the hub process runs.
+
+        Two root hubs on one machine with the same ``uid_base`` would run the
+        servers of their users 1, 2, ... as the same uids, so one hub's visitor
+        could signal or read what the other's runs as that uid. The claim is an
+        exclusive ``flock`` on ``<claim_dir>/uids-<uid_base>.lock`` (a root-only
+        directory), released by the kernel when the hub exits, however it exits.
+        Raises :class:`SandboxUnavailable` when another process holds it.
+        """
+        if not self.switches_uid or self.uid_base in _UID_CLAIMS:
+            return
+        os.makedirs(claim_dir, mode=0o700, exist_ok=True)
+        dir_fd = os.open(claim_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(dir_fd)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise SandboxUnavailable(
+                    f"{claim_dir} must be a directory owned by root and writable by root only"
+                )
+            fd = os.open(
+                f"uids-{self.uid_base}.lock",
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        finally:
+            os.close(dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SandboxUnavailable(
+                f"Another hub on this machine runs its sandboxes as the uids from "
+                f"{self.uid_base} (c.Sandbox.uid_base); sharing them, its visitors and this "
+                "hub's could reach each other's servers. Give this hub a range of its own, "
+                "at least 1000000 away: BINDER_UID_BASE with jupyterhub_config.py, or "
+                "c.Sandbox.uid_base."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _UID_CLAIMS[self.uid_base] = fd
 
     def check_reachable(self, path):
         """Raise :class:`SandboxUnavailable` when a sandbox uid could not reach ``path``."""

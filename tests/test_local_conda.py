@@ -18,6 +18,7 @@ from binder_spawner.localplan import UnsupportedRepository
 from .condachannel import CHANNEL, PLACEHOLDER, ChannelServer, cached_channel, host_python
 from .gitserver import GitServer
 from .localhub import shared_cache_dir
+from .utils import run_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,6 +50,7 @@ def git(tmp_path_factory):
 
 def make_builder(root, channel, **kwargs):
     kwargs.setdefault("jupyter_packages", [])
+    kwargs.setdefault("config", run_config())
     return EnvironmentBuilder(
         envs_dir=os.path.join(root, "envs"),
         cache_dir=shared_cache_dir(),

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from .hub import start_hub
-from .utils import REPO_ROOT, free_port
+from .utils import REPO_ROOT, free_port, uid_base
 
 ROOT_CONFIG = str(REPO_ROOT / "jupyterhub_config.py")
 
@@ -135,18 +135,22 @@ def _root_only():
         pytest.fail("local mode's start-up checks are tested as root (as CI runs)")
 
 
-def _second_hub_env(tmp_path, name):
+def _second_hub_env(tmp_path, name, uid_offset=0):
     state = tempfile.mkdtemp(prefix=f"binder-startup-{name}-")
     os.chmod(state, 0o711)
     env = _env(state, tmp_path)
-    env.update(BINDER_HUB_PORT=str(free_port()), BINDER_PROXY_API_PORT=str(free_port()))
+    env.update(
+        BINDER_HUB_PORT=str(free_port()),
+        BINDER_PROXY_API_PORT=str(free_port()),
+        BINDER_UID_BASE=str(uid_base() + uid_offset),
+    )
     return env
 
 
 async def test_two_hubs_side_by_side(hub_factory, tmp_path):
     hubs = []
-    for name in ("first", "second"):
-        env = _second_hub_env(tmp_path, name)
+    for name, uid_offset in (("first", 0), ("second", 1_000_000)):
+        env = _second_hub_env(tmp_path, name, uid_offset)
         hub = await hub_factory(
             f"load_subconfig({ROOT_CONFIG!r})\n",
             env={k: v for k, v in env.items() if k.startswith("BINDER_") or k == "KUBECONFIG"},
@@ -174,3 +178,11 @@ async def test_two_hubs_side_by_side(hub_factory, tmp_path):
     async with first.browser() as browser:
         async with browser.get(first.url + "/services/binder/health") as resp:
             assert resp.status == 200
+
+    # a hub whose sandboxes would run as the first hub's uids refuses to start, naming
+    # the variable; the first hub goes on
+    fourth_env = _second_hub_env(tmp_path, "fourth")
+    code, out = await _run_hub_until_exit(ROOT_CONFIG, fourth_env, cwd=tmp_path)
+    assert code != 0
+    assert f"uids from {uid_base()}" in out and "BINDER_UID_BASE" in out, out[-3000:]
+    assert (await first.api("GET", "/user"))[0] == 200

@@ -21,6 +21,7 @@ from binder_spawner.localplan import (
 )
 
 from .gitserver import GitServer
+from .utils import run_config
 
 # A real, tiny, pure-Python package from PyPI (one wheel, no dependencies).
 SMALL_PACKAGE = "six==1.17.0"
@@ -188,6 +189,7 @@ def shared_cache_dir():
 
 def make_builder(root, **kwargs):
     kwargs.setdefault("jupyter_packages", [])  # the server packages are tested in test_local_mode
+    kwargs.setdefault("config", run_config())
     return EnvironmentBuilder(
         envs_dir=os.path.join(root, "envs"),
         cache_dir=shared_cache_dir(),

@@ -13,7 +13,7 @@ import pytest
 from binder_spawner.sandbox import LAUNCHER, SANDBOX_HOME, Sandbox, sandbox_command, trusted_which
 from binder_spawner.seal import chown_tree
 
-from .utils import LowestAvailableMemory, poll
+from .utils import LowestAvailableMemory, poll, uid_base
 
 PYTHON = "/usr/bin/python3"  # under /usr: visible in every sandbox
 
@@ -104,7 +104,7 @@ def layout():
     os.chmod(os.path.join(hub, "jupyterhub.sqlite"), 0o644)
     with open(os.path.join(hub, "jupyterhub_cookie_secret"), "w") as f:
         f.write("cookie secret")
-    sandbox = Sandbox(memory_limit="512M", process_limit=32)
+    sandbox = Sandbox(memory_limit="512M", process_limit=32, uid_base=uid_base())
     homes = os.path.join(root, "homes")
     os.makedirs(homes, mode=0o711)
     paths = {"root": root, "hub": hub, "homes": homes}
@@ -304,7 +304,9 @@ def _uid_of(pid):
 
 @pytest.fixture
 def cgroup_sandbox():
-    sandbox = Sandbox(memory_limit="384M", memory_guarantee="128M", process_limit=64)
+    sandbox = Sandbox(
+        memory_limit="384M", memory_guarantee="128M", process_limit=64, uid_base=uid_base()
+    )
     if sandbox.preflight() is None:
         pytest.fail("these tests run as root on a host with cgroups (CI does)")
     groups = []

@@ -1,6 +1,7 @@
 """Small helpers shared by the tests: free ports, polling, repo paths."""
 
 import asyncio
+import os
 import socket
 import time
 from pathlib import Path
@@ -13,6 +14,22 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def uid_base():
+    """The sandbox uid range of this test run's local-mode hubs (``BINDER_UID_BASE``).
+
+    scripts/test gives each dependency set its own, so that the two runs' hubs can
+    run side by side, as two hubs on one machine must.
+    """
+    return int(os.environ.get("BINDER_UID_BASE", "2000000"))
+
+
+def run_config():
+    """Configuration for in-process builders and spawners: this run's sandbox uid range."""
+    from traitlets.config import Config
+
+    return Config({"Sandbox": {"uid_base": uid_base()}})
 
 
 async def poll(predicate, timeout=30, interval=0.05, message="condition"):
