@@ -108,6 +108,8 @@ class BinderService(Application):
         ``binder_service_config.py`` with ``c.BinderService.per_repo_limit = 50``.
         Default: none.
 
+        Example: ``c.BinderService.config_file = "/etc/jupyterhub/binder_service_config.py"``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -116,6 +118,8 @@ class BinderService(Application):
         help="""
         Address to listen on. Default: the host of ``JUPYTERHUB_SERVICE_URL``,
         else 127.0.0.1.
+
+        Example: ``c.BinderService.ip = "0.0.0.0"``
 
         .. versionadded:: 0.1
         """,
@@ -131,6 +135,8 @@ class BinderService(Application):
         Port to listen on. Default: the port of ``JUPYTERHUB_SERVICE_URL``,
         else 10101.
 
+        Example: ``c.BinderService.port = 10101``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -144,6 +150,8 @@ class BinderService(Application):
         help="""
         URL prefix the service answers under. Default ``JUPYTERHUB_SERVICE_PREFIX``,
         else ``/services/binder/``.
+
+        Example: ``c.BinderService.base_url = "/services/binder/"``
 
         .. versionadded:: 0.1
         """,
@@ -162,6 +170,8 @@ class BinderService(Application):
         help="""
         The hub's base URL, for launch redirects to ``{hub_base_url}hub/spawn``.
         Default ``JUPYTERHUB_BASE_URL``, else ``/``.
+
+        Example: ``c.BinderService.hub_base_url = "/jupyter/"``
 
         .. versionadded:: 0.1
         """,
@@ -234,6 +244,8 @@ class BinderService(Application):
         (the spawner crashed, or the client reserved without starting).
         Default 900.
 
+        Example: ``c.BinderService.reservation_ttl = 1800``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -242,6 +254,8 @@ class BinderService(Application):
         60,
         help="""
         Seconds a refused launch is told to wait (``Retry-After``). Default 60.
+
+        Example: ``c.BinderService.retry_after = 120``
 
         .. versionadded:: 0.1
         """,
@@ -252,6 +266,8 @@ class BinderService(Application):
         help="""
         Seconds between rebuilds of the slot counts from the hub's servers.
         Default 30.
+
+        Example: ``c.BinderService.reconcile_every = 60``
 
         .. versionadded:: 0.1
         """,
@@ -273,6 +289,8 @@ class BinderService(Application):
         help="""
         Seconds a caller's token -> identity answer from the hub is reused.
         Default 30.
+
+        Example: ``c.BinderService.token_cache_ttl = 60``
 
         .. versionadded:: 0.1
         """,
@@ -297,6 +315,8 @@ class BinderService(Application):
         The ``origin`` field of launch events (e.g. your hub's host name).
         Default: the host of ``JUPYTERHUB_PUBLIC_HUB_URL`` if set, else empty.
 
+        Example: ``c.BinderService.event_origin = "binder.example.org"``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -313,6 +333,8 @@ class BinderService(Application):
         service reads (culling and reservation expiry), read at every use.
         Default: none. Only who can write that file can move the clock; leave
         it unset in production.
+
+        Example: ``c.BinderService.clock_offset_file = "/tmp/binder-clock-offset"``
 
         .. versionadded:: 0.1
         """,

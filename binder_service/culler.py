@@ -127,6 +127,8 @@ class Culler(LoggingConfigurable):
         Maximum age in seconds of servers of registered (non-anonymous,
         non-admin) users. Default 0: no maximum.
 
+        Example: ``c.Culler.registered_max_age = 24 * 3600``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -136,6 +138,8 @@ class Culler(LoggingConfigurable):
         help="""
         Whether admins' servers are culled, with the registered users' rules.
         Default False: admins are spared.
+
+        Example: ``c.Culler.cull_admin_users = True``
 
         .. versionadded:: 0.1
         """,
@@ -147,6 +151,8 @@ class Culler(LoggingConfigurable):
         Delete anonymous users (members of ``anonymous_group``) whose servers
         have all stopped, so the hub database does not grow with every
         visitor. Default True.
+
+        Example: ``c.Culler.delete_anonymous_users = False``
 
         .. versionadded:: 0.1
         """,
@@ -174,6 +180,8 @@ class Culler(LoggingConfigurable):
         or last activity, so a visitor who just arrived can still start a
         server. Default 60.
 
+        Example: ``c.Culler.anonymous_grace = 300``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -183,6 +191,8 @@ class Culler(LoggingConfigurable):
         help="""
         How many stops or deletions run at once. Default 10 (as
         jupyterhub-idle-culler).
+
+        Example: ``c.Culler.concurrency = 20``
 
         .. versionadded:: 0.1
         """,
@@ -194,6 +204,8 @@ class Culler(LoggingConfigurable):
         Seconds to wait for a slow stop (the hub answered 202) to finish
         before the sweep moves on; the server is checked again at the next
         sweep. Default 120.
+
+        Example: ``c.Culler.stop_timeout = 300``
 
         .. versionadded:: 0.1
         """,

@@ -41,6 +41,8 @@ class HubAPI(LoggingConfigurable):
         help="""
         The hub's REST API URL. Set from ``JUPYTERHUB_API_URL`` by the service.
 
+        Example: ``c.HubAPI.api_url = "http://hub:8081/hub/api"``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -48,6 +50,8 @@ class HubAPI(LoggingConfigurable):
     api_token = Unicode(
         help="""
         The service's API token. Set from ``JUPYTERHUB_API_TOKEN`` by the service.
+
+        Example: ``c.HubAPI.api_token = os.environ["JUPYTERHUB_API_TOKEN"]``
 
         .. versionadded:: 0.1
         """,
@@ -57,6 +61,8 @@ class HubAPI(LoggingConfigurable):
         20.0,
         help="""
         Seconds one request to the hub may take (connect and answer). Default 20.
+
+        Example: ``c.HubAPI.timeout = 30``
 
         .. versionadded:: 0.1
         """,
@@ -71,6 +77,8 @@ class HubAPI(LoggingConfigurable):
 
         Example: ``c.HubAPI.retries = 2``
 
+        Example: ``c.HubAPI.retries = 5``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -80,6 +88,8 @@ class HubAPI(LoggingConfigurable):
         help="""
         Users per page when listing users (JupyterHub caps it at its own
         ``api_page_max_limit``, 200 by default). Default 200.
+
+        Example: ``c.HubAPI.page_size = 500``
 
         .. versionadded:: 0.1
         """,

@@ -36,6 +36,8 @@ class PlacementSource(LoggingConfigurable):
         ``KUBECONFIG``) for placement answers and the health check. Default
         False; ``--kubernetes`` on the command line.
 
+        Example: ``c.PlacementSource.enabled = True``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -45,6 +47,8 @@ class PlacementSource(LoggingConfigurable):
         Namespace of the user and build pods. Default: ``POD_NAMESPACE`` (set
         by the zero-to-jupyterhub chart in the hub pod), else the in-cluster
         service account's namespace, else ``default``.
+
+        Example: ``c.PlacementSource.namespace = "binder"``
 
         .. versionadded:: 0.1
         """,
@@ -65,6 +69,8 @@ class PlacementSource(LoggingConfigurable):
         help="""
         Seconds an inventory of pods and nodes is reused before the next
         placement request lists them again. Default 15.
+
+        Example: ``c.PlacementSource.refresh_every = 30``
 
         .. versionadded:: 0.1
         """,
@@ -90,6 +96,8 @@ class PlacementSource(LoggingConfigurable):
         help="""
         Nodes named in one placement answer. Default 4.
 
+        Example: ``c.PlacementSource.max_nodes = 8``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -98,6 +106,8 @@ class PlacementSource(LoggingConfigurable):
         10.0,
         help="""
         Seconds one Kubernetes API call may take. Default 10.
+
+        Example: ``c.PlacementSource.request_timeout = 5``
 
         .. versionadded:: 0.1
         """,

@@ -232,6 +232,8 @@ class BinderLaunchMixin(LoggingConfigurable):
         ``c.RepoPolicy.*``; this trait exists so that tests and deployments
         can pass their own instance.
 
+        Example: ``c.BinderSpawner.repo_policy = RepoPolicy(allowed_providers={"gh"})``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -249,6 +251,8 @@ class BinderLaunchMixin(LoggingConfigurable):
         help="""
         Client for binder_service (reservations and placement). Configure it
         as ``c.BinderServiceClient.*``.
+
+        Example: ``c.BinderSpawner.service_client = BinderServiceClient(url="http://127.0.0.1:10101/services/binder/")``
 
         .. versionadded:: 0.1
         """,
@@ -279,6 +283,8 @@ class BinderLaunchMixin(LoggingConfigurable):
         after a hub restart). Default: the environment variable
         ``BINDER_SERVICE_API_TOKEN``, or empty (then only the server's own
         token is used and the service reconciles what it cannot be told).
+
+        Example: ``c.BinderSpawner.service_api_token = os.environ["BINDER_SERVICE_API_TOKEN"]``
 
         .. versionadded:: 0.1
         """,
@@ -339,6 +345,8 @@ class BinderLaunchMixin(LoggingConfigurable):
         placeholders ``{repo}``, ``{ref}``, ``{urlpath}`` are filled with the
         previous launch's values (HTML-escaped).
 
+        Example: ``c.BinderSpawner.launch_form_template = open("/etc/jupyterhub/launch_form.html").read()``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -351,6 +359,8 @@ class BinderLaunchMixin(LoggingConfigurable):
         resolved and the slot reserved, before the environment is prepared.
         Raise :func:`binder_spawner.errors.spawn_error` to refuse a launch.
         Default None.
+
+        Example: ``c.BinderSpawner.pre_launch_hook = my_hook  # def my_hook(spawner, spec): ...``
 
         .. versionadded:: 0.1
         """,

@@ -407,6 +407,8 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
         (:class:`binder_spawner.localbuild.EnvironmentBuilder`; configure it as
         ``c.EnvironmentBuilder.*``). A trait so that tests can pass their own.
 
+        Example: ``c.LocalBinderSpawner.builder = EnvironmentBuilder(envs_dir="/srv/binder/envs")``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)

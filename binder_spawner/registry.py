@@ -106,6 +106,8 @@ class RegistryClient(LoggingConfigurable):
         {"auth": base64("user:password")}}}``); used instead of
         :attr:`docker_config_path` when set. Default: empty.
 
+        Example: ``c.RegistryClient.docker_config = "/etc/binder/push-secret/config.json"``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -128,6 +130,8 @@ class RegistryClient(LoggingConfigurable):
         Seconds one request to the registry (or its token service) may take.
         Default 10.
 
+        Example: ``c.RegistryClient.timeout = 20``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -141,6 +145,8 @@ class RegistryClient(LoggingConfigurable):
         at most three attempts. 0 tries once.
 
         Example: ``c.RegistryClient.retries = 4``
+
+        Example: ``c.RegistryClient.retries = 5``
 
         .. versionadded:: 0.1
         .. versionchanged:: 0.2
@@ -157,6 +163,8 @@ class RegistryClient(LoggingConfigurable):
 
         Example: ``c.RegistryClient.retry_delay = 0.5``
 
+        Example: ``c.RegistryClient.retry_delay = 1.0``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -167,6 +175,8 @@ class RegistryClient(LoggingConfigurable):
         Seconds an image that exists is remembered without asking again
         (images are immutable per commit, but may be deleted). Missing images
         are never cached. Default 60; 0 disables.
+
+        Example: ``c.RegistryClient.cache_ttl = 120``
 
         .. versionadded:: 0.1
         """,

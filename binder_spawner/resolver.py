@@ -131,6 +131,8 @@ class RefResolver(LoggingConfigurable):
         Most (repository, ref) entries the resolve cache holds; the oldest go
         first. Bounds memory whatever strangers send. Default 4096.
 
+        Example: ``c.RefResolver.resolve_cache_size = 5000``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -168,6 +170,8 @@ class RefResolver(LoggingConfigurable):
         help="""
         The git program to run. Default ``git`` (from ``PATH``); git >= 2.37
         is needed for address pinning (``http.curloptResolve``).
+
+        Example: ``c.RefResolver.git_executable = "/usr/local/bin/git"``
 
         .. versionadded:: 0.1
         """,

@@ -66,6 +66,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         (:class:`binder_spawner.registry.RegistryClient`, configured as
         ``c.RegistryClient.*``).
 
+        Example: ``c.BinderSpawner.registry_client = RegistryClient(timeout=20)``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -182,6 +184,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         Path of the Docker socket on the build nodes (backend
         ``docker-socket``). Default ``/var/run/docker.sock``.
 
+        Example: ``c.BinderSpawner.build_docker_socket = "/var/run/dind/docker.sock"``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -190,6 +194,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         help="""
         ``DOCKER_HOST`` of the build pods with the ``remote`` backend, e.g.
         ``tcp://binder-dind.binder.svc:2375``. Default empty.
+
+        Example: ``c.BinderSpawner.build_docker_host = "tcp://dind.binder.svc:2375"``
 
         .. versionadded:: 0.1
         """,
@@ -211,6 +217,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
     build_namespace = Unicode(
         help="""
         Namespace of the build pods. Default: the user pods' namespace.
+
+        Example: ``c.BinderSpawner.build_namespace = "binder-builds"``
 
         .. versionadded:: 0.1
         """,
@@ -249,6 +257,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         Tolerations of build pods (Kubernetes ``Toleration`` objects), e.g.
         for dedicated, tainted build nodes. Default empty.
 
+        Example: ``c.BinderSpawner.build_tolerations = [{"key": "builds", "operator": "Exists", "effect": "NoSchedule"}]``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -260,6 +270,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         rendezvous hashing among the build-capable nodes, so that rebuilds
         reuse that node's layer cache. Default True. Needs permission to
         list nodes; without it builds go wherever the scheduler puts them.
+
+        Example: ``c.BinderSpawner.sticky_builds = False``
 
         .. versionadded:: 0.1
         """,
@@ -285,6 +297,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         can authenticate users through the hub. Turn off only if every
         repository brings its own. Default True.
 
+        Example: ``c.BinderSpawner.install_singleuser = False``
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
@@ -293,6 +307,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         help="""
         Further Dockerfile lines appended to every built image, after the
         ``jupyterhub-singleuser`` installation. Default empty.
+
+        Example: ``c.BinderSpawner.build_appendix = "RUN pip install --no-cache-dir nbgitpuller"``
 
         .. versionadded:: 0.1
         """,
@@ -303,6 +319,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         help="""
         Extra repo2docker arguments, placed before the repository URL, e.g.
         ``["--build-memory-limit", "3G"]``. Default empty.
+
+        Example: ``c.BinderSpawner.build_extra_args = ["--build-memory-limit", "3G"]``
 
         .. versionadded:: 0.1
         """,
@@ -365,6 +383,8 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         Seconds to wait for the service's placement answer (which nodes
         hold the image). Without an answer in time the pod is launched
         without node preferences and a warning is logged. Default 2.
+
+        Example: ``c.BinderSpawner.placement_timeout = 5``
 
         .. versionadded:: 0.1
         """,
