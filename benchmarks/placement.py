@@ -445,33 +445,78 @@ def run(launches: list[Launch], model: Model, strategies=STRATEGIES) -> dict:
     return {strategy: replay(launches, model, strategy) for strategy in strategies}
 
 
+# demand_score: an image launched e times as often as another is kept as if
+# used this much later.
+DEMAND_SECONDS = 24 * 3600.0
+
+
+def demand_score(last_used: float, launches: int) -> float:
+    """Last use + ``DEMAND_SECONDS`` x ln(launches): what ``one_demand_cache_gb`` keeps."""
+    return last_used + DEMAND_SECONDS * math.log(max(launches, 1))
+
+
+def _one_cache(launches: list[Launch], capacity: float, score) -> int:
+    """Bytes one cache of ``capacity`` pulls when it evicts the images of lowest ``score``.
+
+    ``score(i, launch, launches_so_far)`` is the image's priority after launch
+    ``i``; no pod limits, no images pinned by running pods, no copies. The
+    image just pulled may itself be the one evicted (once its session ends).
+    """
+    cached: dict[str, float] = {}
+    heap: list = []
+    counts: Counter = Counter()
+    held = pulled = 0
+    sizes = {}
+    for i, launch in enumerate(launches):
+        image = launch.image
+        counts[image] += 1
+        if image not in cached:
+            pulled += launch.size
+            held += launch.size
+            sizes[image] = launch.size
+        cached[image] = priority = score(i, launch, counts[image])
+        heapq.heappush(heap, (priority, i, image))
+        while held > capacity:
+            priority, _, victim = heapq.heappop(heap)
+            if cached.get(victim) == priority:  # else an outdated entry
+                del cached[victim]
+                held -= sizes[victim]
+    return pulled
+
+
 def lower_bound(launches: list[Launch], model: Model) -> dict:
     """Each distinct image of the trace pulled once: no strategy pulls less.
 
-    With it, for reference, what one least-recently-used cache as large as
-    all nodes' caches together would pull (``one_lru_cache_gb``): no pod
-    limits, no images pinned by running pods, no copy on two nodes. The
-    kubelets evict least recently used images, so a placement that only
-    chooses which node's cache takes an image stays near or above it.
+    With it, for reference, what one cache as large as all nodes' caches
+    together would pull (no pod limits, no images pinned by running pods, no
+    copy on two nodes), evicting:
+
+    - ``one_lru_cache_gb``: the least recently used image, as each kubelet does;
+    - ``one_demand_cache_gb``: the image of lowest :func:`demand_score`, its
+      last use moved later by its launches so far (an online rule: it needs
+      only the past);
+    - ``one_offline_cache_gb``: the image launched again furthest in the
+      future (Belady's rule: it needs the future, no online placement has it).
+
+    The kubelets evict least recently used images, so a placement that only
+    chooses which node's cache takes an image stays near or above the first.
     """
     sizes = {launch.image: launch.size for launch in launches}
     capacity = model.cache_gb * GB * model.nodes
-    cache: OrderedDict = OrderedDict()
-    held = pulled = 0
-    for launch in launches:
-        if launch.image in cache:
-            cache.move_to_end(launch.image)
-            continue
-        pulled += launch.size
-        while cache and held + launch.size > capacity:
-            held -= cache.popitem(last=False)[1]
-        cache[launch.image] = launch.size
-        held += launch.size
-    return {
-        "images": len(sizes),
-        "lower_bound_gb": round(sum(sizes.values()) / GB, 1),
-        "one_lru_cache_gb": round(pulled / GB, 1),
+    following = [math.inf] * len(launches)
+    later: dict[str, int] = {}
+    for i in range(len(launches) - 1, -1, -1):
+        following[i] = later.get(launches[i].image, math.inf)
+        later[launches[i].image] = i
+    rules = {
+        "one_lru_cache_gb": lambda i, launch, count: launch.t,
+        "one_demand_cache_gb": lambda i, launch, count: demand_score(launch.t, count),
+        "one_offline_cache_gb": lambda i, launch, count: -following[i],
     }
+    out = {"images": len(sizes), "lower_bound_gb": round(sum(sizes.values()) / GB, 1)}
+    for key, score in rules.items():
+        out[key] = round(_one_cache(launches, capacity, score) / GB, 1)
+    return out
 
 
 def summary(week: dict) -> dict:
@@ -586,8 +631,9 @@ def main(argv=None) -> int:
     for week in weeks:
         print(
             f"{week['trace']}: {week['launches']} launches of {week['images']} images, "
-            f"lower bound {week['lower_bound_gb']} GB, one LRU cache of all nodes "
-            f"{week['one_lru_cache_gb']} GB, {model.nodes} nodes"
+            f"lower bound {week['lower_bound_gb']} GB, one cache of all nodes "
+            f"{week['one_lru_cache_gb']} GB (LRU) / {week['one_demand_cache_gb']} GB "
+            f"(demand) / {week['one_offline_cache_gb']} GB (offline), {model.nodes} nodes"
         )
         print(table(week["strategies"]))
         if "margin" in week:

@@ -12,7 +12,9 @@ talking to it over HTTP on loopback, measures:
 
 - refresh: list pods and nodes (kubernetes_asyncio, raw JSON) and update the
   inventory, room and cache estimates, as every ``refresh_every`` seconds;
-- the same without the two list calls (the service's own computation);
+- the same without the two list calls (the service's own computation), and
+  the longest the event loop goes without running a ready task while that
+  runs in the thread a refresh runs it in;
 - one answer from the last listing, for an image held on some node and for
   an image no node holds (the pull cost of every node is computed), each the
   median over ``--answers`` images; and the mean of ``rank()``, the call the
@@ -33,8 +35,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from binder_service import placement  # noqa: E402
 
 NAMESPACE = "bench"
 GB = 10**9
@@ -100,6 +100,29 @@ def build(cluster, args, rng):
     return holders
 
 
+async def longest_pause(awaitable):
+    """The longest the event loop went without running a ready task while ``awaitable`` ran."""
+    done = asyncio.Event()
+    longest = 0.0
+
+    async def tick():
+        nonlocal longest
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await awaitable
+    finally:
+        done.set()
+        await ticker
+    return longest
+
+
 def median_ms(times):
     return round(statistics.median(times) * 1000, 3)
 
@@ -136,13 +159,18 @@ async def measure(args):
                 times = []
                 for _ in range(args.repeat):
                     started = time.perf_counter()
-                    now = time.time()
-                    in_use = placement.observe_cluster(source._inventory, pods, nodes, now)
-                    rooms = placement.node_room(nodes, pods)
-                    source._inventory.cache_estimates(rooms, now)
+                    source._update(pods, nodes)
                     times.append(time.perf_counter() - started)
-                assert len(in_use) == args.nodes
+                assert len(source._snapshot[3]) == args.nodes
                 rows.append(("refresh without the list calls", median_ms(times), len(times)))
+                # The same in the thread a refresh runs it in: the longest the
+                # event loop then goes without running a ready task.
+                loop = asyncio.get_running_loop()
+                pauses = []
+                for _ in range(args.repeat):
+                    update = loop.run_in_executor(None, source._update, pods, nodes)
+                    pauses.append(await longest_pause(update))
+                rows.append(("event loop: longest pause meanwhile", median_ms(pauses), len(pauses)))
 
                 held = [image_name(i) for i in rng.sample(sorted(holders), args.answers)]
                 unheld = [

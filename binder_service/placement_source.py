@@ -22,6 +22,10 @@ from . import placement
 UNKNOWN_ROOM = 2**62
 
 
+def _items(body):
+    return json.loads(body)["items"]
+
+
 class Forbidden(Exception):
     """The service's RBAC role does not allow the request (HTTP 403)."""
 
@@ -151,7 +155,8 @@ class PlacementSource(LoggingConfigurable):
             raise Forbidden()
         if not 200 <= status < 300:
             raise OSError(f"Kubernetes API answered {status}")
-        return json.loads(body)["items"]
+        # Parsing thousands of pods takes a while: not on the event loop.
+        return await asyncio.get_running_loop().run_in_executor(None, _items, body)
 
     async def _refresh(self):
         pods = await self._list(self._api.list_namespaced_pod, self.namespace)
@@ -162,6 +167,14 @@ class PlacementSource(LoggingConfigurable):
             except Forbidden:
                 self._nodes_forbidden = True
                 self.log.warning("No permission to list nodes: placing from pods only")
+        # The update is linear in pods and nodes (a large cluster takes a
+        # sizeable fraction of a second): it runs in a thread, so the event
+        # loop keeps serving. Answers wait for it on the lock (rank), so the
+        # inventory is never read while it changes.
+        await asyncio.get_running_loop().run_in_executor(None, self._update, pods, nodes)
+
+    def _update(self, pods, nodes):
+        """Update the inventory and take a new snapshot from one listing (no I/O)."""
         now = time.time()
         in_use = placement.observe_cluster(self._inventory, pods, nodes, now=now)
         if nodes is not None:
@@ -194,9 +207,12 @@ class PlacementSource(LoggingConfigurable):
     async def rank(self, image):
         """``[(node, weight)]`` for ``image``; empty when disabled or the cluster is unreachable."""
         await self.refresh()
-        if self._snapshot is None:
-            return []
-        return self.rank_snapshot(image, time.time())
+        # A refresh started meanwhile updates the inventory in a thread:
+        # answer before it starts or after it ends.
+        async with self._lock:
+            if self._snapshot is None:
+                return []
+            return self.rank_snapshot(image, time.time())
 
     def rank_snapshot(self, image, now):
         """The placement answer for ``image`` from the last listing (no I/O)."""

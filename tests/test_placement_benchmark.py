@@ -119,6 +119,33 @@ def test_answer_benchmark_runs_on_a_small_cluster():
     report = json.loads(result.stdout)
     assert report["setup"] == {"pods": 300, "nodes": 5, "images": 80}
     measures = {row["measure"]: row for row in report["results"]}
-    assert len(measures) == 5
+    assert len(measures) == 6
     assert measures["answer: image new"]["samples"] == 20
     assert all(row["ms"] > 0 for row in report["results"])
+
+
+def test_one_cache_references():
+    sys.path.insert(0, str(BENCHMARK.parent.parent))
+    from benchmarks.placement import GB, Launch, Model, lower_bound
+
+    def launches(names):
+        return [
+            Launch(t=60.0 * i, repo=n, image=n, size=2 * GB, duration=1)
+            for i, n in enumerate(names)
+        ]
+
+    # One node of 5 GB holds two of the three 2 GB images.
+    model = Model(nodes=1, cache_gb=5.0)
+    # A cycle: LRU always evicts the image launched next; Belady keeps two of
+    # them and pulls only the third again.
+    cycle = lower_bound(launches("abcabcabc"), model)
+    assert cycle["lower_bound_gb"] == 6.0
+    assert cycle["one_lru_cache_gb"] == 18.0
+    assert cycle["one_offline_cache_gb"] == 10.0
+    # "a" launched six times, then "b" and "c" once each, then "a" again:
+    # LRU evicts "a" for "c"; counting launches keeps it (six launches an
+    # hour ago outweigh one launch a minute ago).
+    demand = lower_bound(launches("aaaaaabca"), model)
+    assert demand["one_lru_cache_gb"] == 8.0
+    assert demand["one_demand_cache_gb"] == 6.0
+    assert demand["one_offline_cache_gb"] == 6.0

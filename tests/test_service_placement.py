@@ -1,5 +1,8 @@
 """binder_service placement answers from an emulated cluster's pods and nodes."""
 
+import asyncio
+import threading
+
 import pytest
 
 from binder_service.metrics import build_pod_states
@@ -67,6 +70,35 @@ async def test_nodes_holding_the_image_come_first(cluster, source):
     assert unknown == await placement.rank("registry/new:abc")
     assert all(1 <= w <= 50 for _, w in unknown)
     assert await placement.healthy()
+
+
+async def test_refresh_updates_in_a_thread_and_answers_wait_for_it(cluster):
+    threads = []
+
+    class Recording(PlacementSource):
+        def _update(self, pods, nodes):
+            threads.append(threading.get_ident())
+            return super()._update(pods, nodes)
+
+    placement = Recording(enabled=True, namespace="default", refresh_every=3600)
+    await placement.start()
+    try:
+        assert (await placement.rank("registry/held-by-status:abc"))[0] == ("node-1", 100)
+        cluster.store.create("pods", user_pod("p3", "node-2", "registry/later:abc"), "default")
+        cluster.store.patch(
+            "pods", "default", "p3", {"status": {"phase": "Running"}}, subresource="status"
+        )
+        # A forced refresh (as the build metrics do) and an answer at once: the
+        # answer waits for the listing that shows the new pod.
+        pods, answer = await asyncio.gather(
+            placement.refresh(max_age=0), placement.rank("registry/later:abc")
+        )
+        assert len(pods) == 3
+        assert answer[0] == ("node-2", 100)
+        # Both updates ran off the event loop's thread.
+        assert len(threads) == 2 and threading.get_ident() not in threads
+    finally:
+        await placement.stop()
 
 
 async def test_without_permission_to_read_nodes_it_uses_pods(cluster, source):
