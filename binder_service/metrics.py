@@ -17,10 +17,9 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .utils import isoformat, parse_date, utcnow
+from binder_spawner.repos import binderhub_provider_name
 
-# BinderHub's provider names in launch events (binderhub/repoproviders.py), by our short names.
-PROVIDER_NAMES = {"gh": "GitHub", "gl": "GitLab", "git": "Git", "gist": "Gist"}
+from .utils import isoformat, parse_date, utcnow
 
 LAUNCH_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
 
@@ -143,7 +142,7 @@ def build_pod_states(pods):
 
 def provider_name(provider):
     """BinderHub's name of a provider (``gh`` -> ``GitHub``); unknown ones as ``other``."""
-    return PROVIDER_NAMES.get(provider, "other")
+    return binderhub_provider_name(provider)
 
 
 class LaunchEventLog:

@@ -2,13 +2,15 @@
 
 Prints one JSON object for an admin (or a script): the provider, the
 normalised spec, the repository URL, the ref, the commit (with ``--resolve``,
-or when the ref is already a full SHA), the image and build pod names (when
-the commit is known) and the path that opens. A refused link prints
+or when the ref is already a full SHA; for a Zenodo or Figshare record, the
+record's version and the spec of exactly that version), the image and build
+pod names (when the commit is known) and the path that opens. A refused link prints
 ``{"error": "...", "status": 4xx}`` and exits with status 2.
 
 Without ``--resolve`` nothing touches the network: hosts are checked for what
 is known offline (IP literals in every spelling, ``localhost``); the DNS
-check happens when the repository is contacted, as in a real launch.
+check happens when the repository (or the DOI resolver and archive) is
+contacted, as in a real launch.
 """
 
 import asyncio
@@ -23,7 +25,7 @@ from traitlets.config.loader import (
 )
 
 from .images import build_pod_name, image_name
-from .repos import RepoPolicy, SpecError
+from .repos import RepoPolicy, SpecError, binderhub_provider_name
 
 EXIT_REFUSED = 2
 
@@ -36,7 +38,9 @@ def add_parser(commands):
     )
     parser.add_argument("link", metavar="SPEC_OR_URL", help="provider spec or repository URL")
     parser.add_argument(
-        "--resolve", action="store_true", help="resolve the ref to a commit with git ls-remote"
+        "--resolve",
+        action="store_true",
+        help="resolve the ref to a commit with git ls-remote (a record: its version, from the archive)",
     )
     parser.add_argument(
         "--config",
@@ -73,6 +77,7 @@ def inspect(link, *, config=None, resolve=False, image_prefix=None):
     image = image_name(spec, spec.commit, prefix=image_prefix) if spec.commit else None
     return {
         "provider": spec.provider,
+        "provider_name": binderhub_provider_name(spec.provider),
         "spec": spec.spec,
         "repo_url": spec.repo_url,
         "ref": spec.ref,
@@ -81,6 +86,7 @@ def inspect(link, *, config=None, resolve=False, image_prefix=None):
         "build_pod_name": build_pod_name(image) if image else None,
         "urlpath": spec.urlpath,
         "repo_key": spec.repo_key,
+        "resolved_spec": f"{spec.provider}/{spec.resolved_spec}" if spec.resolved_spec else None,
     }
 
 

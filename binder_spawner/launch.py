@@ -124,6 +124,15 @@ def ref_url(provider, repo_url, commit):
 def binder_environment(spec, launch_host):
     """The ``BINDER_*`` variables BinderHub gives a server, for a resolved spec."""
     commit = spec.commit or spec.ref
+    if spec.resolved_spec:
+        # an archive record: BinderHub's resolved spec and ref URL (builder.py, get_resolved_spec)
+        return {
+            "BINDER_REPO_URL": spec.repo_url,
+            "BINDER_REF_URL": spec.ref_url,
+            "BINDER_LAUNCH_HOST": launch_host,
+            "BINDER_REQUEST": "v2/" + spec.spec,
+            "BINDER_PERSISTENT_REQUEST": f"v2/{spec.provider}/{spec.resolved_spec}",
+        }
     env = {
         "BINDER_REPO_URL": spec.repo_url,
         "BINDER_REF_URL": ref_url(spec.provider, spec.repo_url, commit),
@@ -199,9 +208,9 @@ def _options_applied_in_start(spawner, user_options):
 
 LAUNCH_FORM_TEMPLATE = """
 <div class="form-group">
-  <label for="binder-repo">Repository URL or spec</label>
+  <label for="binder-repo">Repository URL, spec, or the DOI of a Zenodo or Figshare record</label>
   <input type="text" class="form-control" id="binder-repo" name="repo" required
-    placeholder="https://github.com/org/repo or gh/org/repo/main" value="{repo}">
+    placeholder="https://github.com/org/repo, gh/org/repo/main or 10.5281/zenodo.3242074" value="{repo}">
 </div>
 <div class="form-group">
   <label for="binder-ref">Git ref (branch, tag or commit)</label>
@@ -564,7 +573,13 @@ class BinderLaunchMixin(LoggingConfigurable):
             "reservation": None,
         }
         self._slot = asyncio.ensure_future(self.reserve_slot(spec))
-        self.emit_progress("resolving", f"Resolving {spec.repo_url} at {spec.ref or 'HEAD'}")
+        if spec.is_archive:
+            from .archives import ARCHIVE_PROVIDERS
+
+            name = ARCHIVE_PROVIDERS[spec.provider].display_name
+            self.emit_progress("resolving", f"Resolving the {name} record {spec.repo_url}")
+        else:
+            self.emit_progress("resolving", f"Resolving {spec.repo_url} at {spec.ref or 'HEAD'}")
         try:
             spec = await self.repo_policy.resolve(spec)
         except SpecError as e:

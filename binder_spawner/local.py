@@ -26,6 +26,7 @@ from jupyterhub.utils import random_port
 from traitlets import Float, Instance, default
 
 from . import homeinit
+from .archives import ArchiveError
 from .cgroups import cgroup_name
 from .errors import spawn_error
 from .launch import BinderLaunchMixin
@@ -435,12 +436,21 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
         return ["jupyterhub-singleuser"]
 
     async def prepare_launch(self, spec):
-        git_config = None
-        if self.builder.load(self.builder.environment_key(spec.repo_key, spec.commit)) is None:
+        git_config = fetch = None
+        name = spec.repo_key
+        if spec.is_archive:
+            # root downloads the record through the policy's checked client
+            # into a directory no sandbox can reach yet (EnvironmentBuilder._fetch_files)
+            fetch = functools.partial(
+                self.repo_policy.download_record, spec.provider, spec.resolution
+            )
+            # one version, one environment: a concept DOI shares its latest version's
+            name = f"{spec.provider}/{spec.resolved_spec}".lower()
+        elif self.builder.load(self.builder.environment_key(spec.repo_key, spec.commit)) is None:
             # the clone goes to the addresses the policy checks now, with its
             # protocol and credential restrictions: DNS cannot send it elsewhere
             git_config = await self.repo_policy.git_config(spec.repo_url)
-        task = self.builder.build(spec.repo_url, spec.commit, git_config, name=spec.repo_key)
+        task = self.builder.build(spec.repo_url, spec.commit, git_config, name=name, fetch=fetch)
         if task.future.done() or self.builder.load(task.key) is not None:
             self.emit_progress("building", f"Reusing the environment built for {spec.commit[:12]}")
         else:
@@ -451,6 +461,9 @@ class LocalBinderSpawner(BinderLaunchMixin, _SandboxedProcessSpawner):
             environment = await task.result()
         except UnsupportedRepository as e:
             raise spawn_error(e.message, status_code=422, reason="unsupported") from None
+        except ArchiveError as e:
+            self.log.warning("Download of %s for %s refused: %s", spec.spec, self._log_name, e)
+            raise spawn_error(e.message, status_code=e.status_code, reason="archive") from None
         except BuildError as e:
             self.log.warning("Build of %s for %s failed: %s", spec.spec, self._log_name, e.message)
             tail = "\n".join(e.tail)

@@ -41,6 +41,7 @@ from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import TraitError
 
 from . import condainstall, gitref
+from .archives import ArchiveError
 from .cgroups import cgroup_name
 from .localplan import (
     APT_POLICIES,
@@ -575,7 +576,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             return None
         return Environment(**data)
 
-    def build(self, repo_url, commit, git_config=None, name=None):
+    def build(self, repo_url, commit, git_config=None, name=None, fetch=None):
         """The :class:`BuildTask` for (repo_url, commit): a running one is shared, else started.
 
         A finished environment gives an already-done task, so callers follow one way.
@@ -584,6 +585,10 @@ class EnvironmentBuilder(LoggingConfigurable):
         addresses, restricted protocols); without it only http(s) is allowed.
         ``name``: the repository's canonical name (a launch's ``repo_key``), so
         that every spelling of one repository shares one environment.
+        ``fetch``: for a record in an archive instead of a git repository,
+        ``fetch(directory, emit)`` (blocking, run in a worker thread) fills
+        the empty ``directory`` that root has just made and nothing else can
+        reach yet (see :meth:`_fetch_files`); ``emit(line)`` adds a log line.
         """
         key = self.environment_key(name or repo_url, commit)
         task = self._tasks.get(key)
@@ -592,7 +597,9 @@ class EnvironmentBuilder(LoggingConfigurable):
         task = BuildTask(key, self.tail_lines, on_idle=self._abandoned)
         self._tasks[key] = task
         # kept on the task: the event loop holds only weak references to running tasks
-        task.runner = asyncio.ensure_future(self._run_build(task, repo_url, commit, git_config))
+        task.runner = asyncio.ensure_future(
+            self._run_build(task, repo_url, commit, git_config, fetch)
+        )
         return task
 
     def acquire(self, key):
@@ -629,22 +636,22 @@ class EnvironmentBuilder(LoggingConfigurable):
         # a strong reference on the task, as for the runner
         task.canceller = asyncio.ensure_future(cancel_later())
 
-    async def _run_build(self, task, repo_url, commit, git_config=None):
+    async def _run_build(self, task, repo_url, commit, git_config=None, fetch=None):
         try:
-            await self._run_build_inner(task, repo_url, commit, git_config)
+            await self._run_build_inner(task, repo_url, commit, git_config, fetch)
         finally:
             canceller = getattr(task, "canceller", None)
             if canceller is not None:
                 canceller.cancel()
 
-    async def _run_build_inner(self, task, repo_url, commit, git_config=None):
+    async def _run_build_inner(self, task, repo_url, commit, git_config=None, fetch=None):
         try:
-            env = await self._build_locked(task, repo_url, commit, git_config)
+            env = await self._build_locked(task, repo_url, commit, git_config, fetch)
         except asyncio.CancelledError:
             task.finish(error=BuildError("The build was cancelled: nobody was waiting for it."))
             self._tasks.pop(task.key, None)
         except Exception as e:  # delivered to every follower of the task
-            if not isinstance(e, (BuildError, UnsupportedRepository)):
+            if not isinstance(e, (BuildError, UnsupportedRepository, ArchiveError)):
                 self.log.exception("Build of %s@%s failed unexpectedly", repo_url, commit)
             task.finish(error=e)
             # the next launch tries again
@@ -654,7 +661,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             # finished tasks need not be remembered: the marker file says it all
             self._tasks.pop(task.key, None)
 
-    async def _build_locked(self, task, repo_url, commit, git_config=None):
+    async def _build_locked(self, task, repo_url, commit, git_config=None, fetch=None):
         missing = self._missing.get((repo_url, commit))
         if missing is not None and time.monotonic() - missing < MISSING_COMMIT_SECONDS:
             raise BuildError(
@@ -676,7 +683,7 @@ class EnvironmentBuilder(LoggingConfigurable):
                     f"Waiting for a build slot ({self.max_concurrent_builds} builds run at once)"
                 )
             async with self._slots:
-                env = await self._build(task, repo_url, commit, git_config)
+                env = await self._build(task, repo_url, commit, git_config, fetch)
         finally:
             os.close(fd)
         await asyncio.to_thread(self._evict, {task.key})
@@ -688,15 +695,19 @@ class EnvironmentBuilder(LoggingConfigurable):
         if st.st_uid != os.geteuid() or st.st_mode & 0o077:
             os.chmod(self.meta_dir, 0o700)
 
-    def _prepare(self, path):
-        """A fresh, empty environment directory owned by the build uid."""
+    def _prepare(self, path, hand_over=True):
+        """A fresh, empty environment directory owned by the build uid.
+
+        ``hand_over=False``: it stays root's (mode 0700) until
+        :meth:`_hand_over`, so root can fill it first.
+        """
         self.sandbox.preflight()
         os.makedirs(self.envs_dir, mode=0o711, exist_ok=True)
         self.sandbox.check_reachable(self.envs_dir)
         if os.path.lexists(path):
             # an earlier attempt that did not finish; rmtree never follows links
             shutil.rmtree(path)
-        os.mkdir(path, 0o755)
+        os.mkdir(path, 0o755 if hand_over else 0o700)
         if self.uv_overrides:
             # written before any build step runs, into the directory root just made
             fd = os.open(
@@ -707,7 +718,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             with os.fdopen(fd, "w") as f:
                 f.write("\n".join(self.uv_overrides) + "\n")
         uid = self.sandbox.build_uid()
-        if uid is not None:
+        if uid is not None and hand_over:
             os.chown(path, uid, uid)
         if not os.path.isdir(self.cache_dir):
             os.makedirs(self.cache_dir, mode=0o711)
@@ -733,10 +744,10 @@ class EnvironmentBuilder(LoggingConfigurable):
             json.dump(asdict(env), f)
         os.replace(tmp, marker)
 
-    async def _build(self, task, repo_url, commit, git_config=None):
+    async def _build(self, task, repo_url, commit, git_config=None, fetch=None):
         path = os.path.join(self.envs_dir, task.key)
         try:
-            uid = await asyncio.to_thread(self._prepare, path)
+            uid = await asyncio.to_thread(self._prepare, path, fetch is None)
         except SandboxUnavailable as e:
             self.log.error("Local mode cannot build: %s", e)
             raise BuildError(
@@ -752,7 +763,11 @@ class EnvironmentBuilder(LoggingConfigurable):
             f"{_duration(self.build_timeout)}"
         )
         try:
-            env = await self._build_steps(task, path, repo_url, commit, uid, git_config, cgroup)
+            if fetch is not None:
+                await self._fetch_files(task, path, uid, fetch)
+            env = await self._build_steps(
+                task, path, repo_url, commit, uid, git_config, cgroup, fetch
+            )
             sealed_at = time.monotonic()
             if cgroup is not None:
                 # nothing of the build may run while root seals what it wrote
@@ -782,13 +797,39 @@ class EnvironmentBuilder(LoggingConfigurable):
         )
         return env
 
-    async def _build_steps(self, task, path, repo_url, commit, uid, git_config, cgroup):
+    async def _fetch_files(self, task, path, uid, fetch):
+        """Root downloads a record's files into ``path/repo``, then hands ``path`` to the build uid.
+
+        ``path`` is root's (0700) until then and no sandbox has run on it, so
+        nothing but root writes there; the download and unpacking write
+        fd-relative without following links (:mod:`binder_spawner.archivefiles`)
+        and run in a worker thread with their own event loop.
+        """
+        loop = asyncio.get_running_loop()
+        repo = os.path.join(path, "repo")
+        await asyncio.to_thread(os.mkdir, repo, 0o755)
+
+        def emit(line):
+            loop.call_soon_threadsafe(task.add_line, line)
+
+        await asyncio.to_thread(fetch, repo, emit)
+        await asyncio.to_thread(self._hand_over, path, uid)
+
+    @staticmethod
+    def _hand_over(path, uid):
+        if uid is not None:
+            chown_tree(os.path.join(path, "repo"), uid)
+            os.chown(path, uid, uid)
+        os.chmod(path, 0o755)
+
+    async def _build_steps(self, task, path, repo_url, commit, uid, git_config, cgroup, fetch=None):
         repo = os.path.join(path, "repo")
         repo_in = Environment.sandbox_repo
         venv_in = Environment.sandbox_venv
         run = functools.partial(self._step, task, path, uid, cgroup=cgroup)
-        task.add_line(f"Cloning {repo_url} at {commit}")
-        await self._clone(run, task, repo_url, commit, git_config)
+        if fetch is None:
+            task.add_line(f"Cloning {repo_url} at {commit}")
+            await self._clone(run, task, repo_url, commit, git_config)
         plan = await asyncio.to_thread(plan_build, repo, self.apt_policy)
         if plan.conda is not None:
             return await self._build_conda(task, run, path, plan)

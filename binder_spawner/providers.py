@@ -83,6 +83,8 @@ class Provider:
 
     name = ""
     display_name = ""
+    #: BinderHub's name of the provider (launch events, metrics)
+    binderhub_name = ""
 
     def from_spec(self, rest, base_url):
         """Read ``rest`` (the spec after ``<name>/``); returns a :class:`RepoRef`."""
@@ -96,6 +98,7 @@ class Provider:
 class GitHubProvider(Provider):
     name = "gh"
     display_name = "GitHub"
+    binderhub_name = "GitHub"
 
     def _make(self, user, repo, ref, base_url, spec_ref=None):
         repo = _strip_git(repo)
@@ -146,6 +149,7 @@ class GitHubProvider(Provider):
 class GistProvider(Provider):
     name = "gist"
     display_name = "GitHub Gist"
+    binderhub_name = "Gist"
 
     def make(self, user, gist_id, ref, base_url):
         if not _GH_USER.match(user) or not _GIST_ID.match(gist_id):
@@ -183,6 +187,7 @@ class GistProvider(Provider):
 class GitLabProvider(Provider):
     name = "gl"
     display_name = "GitLab"
+    binderhub_name = "GitLab"
 
     def _make(self, namespace, ref, base_url):
         parts = namespace.split("/")
@@ -234,6 +239,7 @@ class GitProvider(Provider):
 
     name = "git"
     display_name = "Git"
+    binderhub_name = "Git"
 
     def make(self, url, ref):
         """``url`` must already be checked and normalised by the caller.

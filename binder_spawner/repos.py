@@ -33,6 +33,8 @@ from traitlets import (
 )
 
 from . import gitref, netcheck
+from .archivepolicy import ArchivePolicy
+from .archives import ARCHIVE_PROVIDERS, ArchiveError, bare_doi, is_archive, provider_for_doi
 from .providers import DEFAULT_PROVIDER_URLS, PROVIDERS, RepoRef, SpecError
 from .querydata import first_value
 from .resolver import RefResolver, ResolveCache
@@ -108,6 +110,17 @@ class LaunchSpec:
     build_slug: str = dataclasses.field(default="", repr=False)
     #: identity for per-repository limits, see :attr:`repo_key`
     key: str = dataclasses.field(default="", repr=False)
+    #: archives: the spec of exactly the resolved version (BinderHub's resolved spec)
+    resolved_spec: str = dataclasses.field(default="", repr=False)
+    #: archives: the resolved version's page (``BINDER_REF_URL``)
+    ref_url: str = dataclasses.field(default="", repr=False)
+    #: archives: the :class:`~binder_spawner.archives.Resolution`, once resolved
+    resolution: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def is_archive(self):
+        """True for a record in a research archive (Zenodo, Figshare), not a git repository."""
+        return is_archive(self.provider)
 
     def __post_init__(self):
         # A LaunchSpec built by hand (e.g. from saved state) gets its derived fields.
@@ -187,15 +200,17 @@ def _first(value, name):
         raise SpecError(str(e)) from None
 
 
-class RepoPolicy(RefResolver):
+class RepoPolicy(ArchivePolicy, RefResolver):
     """Which repositories may be launched, and how their refs are resolved."""
 
     allowed_providers = Set(
         Unicode(),
-        default_value={"gh", "gl", "git", "gist"},
+        default_value={"gh", "gl", "git", "gist", "zenodo", "figshare"},
         help="""
         Provider prefixes users may launch from: ``gh`` (GitHub), ``gl``
-        (GitLab), ``git`` (any git URL), ``gist`` (GitHub gists). Default: all four.
+        (GitLab), ``git`` (any git URL), ``gist`` (GitHub gists), ``zenodo``
+        and ``figshare`` (records in those archives, by DOI). Default: all six,
+        as on mybinder.org.
 
         Example: ``c.RepoPolicy.allowed_providers = {"gh", "gl"}``
 
@@ -404,6 +419,8 @@ class RepoPolicy(RefResolver):
                 launch[key] = query[key]
         if ref is None and query.get("ref"):
             ref = query["ref"]
+        if is_archive(repo.provider):
+            return self._archive_spec(repo, ref, launch)
         if ref is not None:
             repo = self._with_ref(repo, ref.strip())
         problem = gitref.ref_problem(repo.ref)
@@ -429,6 +446,41 @@ class RepoPolicy(RefResolver):
             key=key,
         )
 
+    def _archive_spec(self, repo, ref, launch):
+        if ref is not None and ref.strip() not in ("", "HEAD"):
+            raise SpecError(
+                "A record in an archive has no branches or tags: launch it without a ref."
+            )
+        provider = ARCHIVE_PROVIDERS[repo.provider]
+        if repo.provider not in self.allowed_providers:
+            raise SpecError(
+                f"Launching from {provider.display_name} is not enabled on this hub.", 403
+            )
+        self._check_spec_allowed(repo)
+        return LaunchSpec(
+            provider=repo.provider,
+            spec=repo.spec,
+            repo_url=repo.repo_url,
+            ref="",
+            urlpath=self._urlpath(launch),
+            key=repo.key,
+        )
+
+    def _read_archive(self, text):
+        """(ArchiveRef, query) if ``text`` is a DOI in any spelling, else None."""
+        doi_text, _, query_string = text.partition("?")
+        doi = bare_doi(doi_text)
+        if doi is None:
+            return None
+        name = provider_for_doi(doi)
+        if name is None:
+            raise SpecError(
+                f"The DOI {doi} is not one this hub knows how to launch: give it as "
+                + " or ".join(f'"{n}/<DOI>"' for n in ARCHIVE_PROVIDERS)
+                + "."
+            )
+        return ARCHIVE_PROVIDERS[name].from_spec(doi, ""), self._query(query_string)
+
     def _normalised(self, repo):
         """Full SHAs lower-cased; otherwise the provider's reading, spec spelling kept."""
         ref = gitref.normalise_ref(repo.ref)
@@ -447,6 +499,13 @@ class RepoPolicy(RefResolver):
         if text.startswith("v2/"):
             text = text[len("v2/") :]
         prefix = text.split("/", 1)[0]
+        if prefix in ARCHIVE_PROVIDERS and "/" in text:
+            text, _, query_string = text.partition("?")
+            repo = ARCHIVE_PROVIDERS[prefix].from_spec(text[len(prefix) + 1 :])
+            return repo, self._query(query_string)
+        archived = self._read_archive(text)
+        if archived is not None:
+            return archived
         if prefix in PROVIDERS and "/" in text:
             text, _, query_string = text.partition("?")
             query = self._query(query_string)
@@ -463,6 +522,9 @@ class RepoPolicy(RefResolver):
             first = text.split("/", 1)[0]
             if "." in first and "/" in text and not text.startswith((".", "/")):
                 text = "https://" + text  # "github.com/org/repo"
+                archived = self._read_archive(text)
+                if archived is not None:
+                    return archived
             else:
                 raise SpecError(
                     "This is not a repository URL or a provider spec like gh/<user>/<repo>/<ref>."
@@ -474,6 +536,9 @@ class RepoPolicy(RefResolver):
             if name in self.allowed_providers and name in PROVIDERS:
                 repo = PROVIDERS[name].from_url(parts.path, tables.provider_urls[name])
                 return self._normalised(repo), query
+        archive = self.archive_provider_for_host(parts.host, parts.port)
+        if archive is not None:
+            return ARCHIVE_PROVIDERS[archive].from_record_url(parts.host, parts.path), query
         return PROVIDERS["git"].make(url, ""), query
 
     @staticmethod
@@ -570,7 +635,7 @@ class RepoPolicy(RefResolver):
         return None
 
     def _check_spec_allowed(self, repo):
-        candidates = [repo.spec, f"{repo.repo}/{repo.spec_ref}"]
+        candidates = [repo.spec, f"{repo.repo}/{repo.spec_ref}" if repo.spec_ref else repo.repo]
         hosted = self._hosted_equivalent(repo)
         if hosted is not None:
             candidates += [hosted.spec, f"{hosted.repo}/{hosted.spec_ref}"]
@@ -594,7 +659,70 @@ class RepoPolicy(RefResolver):
             tuple(self.banned_networks),
             tuple(sorted(self.provider_urls.items())),
             self.git_executable,
+            self.doi_resolver_url,
+            self.figshare_api_url,
+            tuple(sorted((k, tuple(v)) for k, v in self.archive_hosts.items())),
         )
+
+    # --- resolution -------------------------------------------------------------
+
+    async def resolve(self, spec):
+        """A copy of ``spec`` with ``commit`` set: a git commit, or an archive record's version.
+
+        For an archive the version is BinderHub's resolved ref (the image
+        tag); ``build_slug``, ``resolved_spec``, ``ref_url`` and ``resolution``
+        are set too. Raises :class:`SpecError` with one sentence.
+        """
+        if not is_archive(spec.provider):
+            return await super().resolve(spec)
+        try:
+            resolution = await self.resolve_archive(spec)
+        except ArchiveError as e:
+            raise SpecError(e.message, e.status_code) from None
+        return dataclasses.replace(
+            spec,
+            commit=resolution.version,
+            build_slug=resolution.build_slug,
+            resolved_spec=resolution.resolved_spec,
+            ref_url=resolution.ref_url,
+            resolution=resolution,
+        )
+
+    def check_fetch_url(self, url):
+        """Offline checks of a URL the hub is about to fetch from an archive; ``(host, port)``.
+
+        The rules of repository URLs: the scheme (``https``, or ``http`` with
+        :attr:`allow_http`), no credentials, no host that is or spells a
+        loopback, private or reserved address unless in :attr:`allowed_hosts`.
+        Raises :class:`~binder_spawner.archives.ArchiveError`.
+        """
+        if _CONTROL.search(url) or " " in url or "\\" in url:
+            raise ArchiveError("The archive gave a URL with characters that are not allowed.", 502)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ArchiveError("The archive gave a URL that is not valid.", 502) from None
+        scheme = parts.scheme.lower()
+        if scheme not in self._schemes():
+            raise ArchiveError(
+                f"The archive sent this hub to a {scheme or 'relative'} URL; only "
+                + " and ".join(f"{s}://" for s in self._schemes())
+                + " URLs are followed.",
+                502,
+            )
+        if "@" in parts.netloc:
+            raise ArchiveError("The archive gave a URL with a user name or password.", 502)
+        try:
+            host = netcheck.normalise_host((parts.hostname or "").strip("[]"))
+        except netcheck.HostError as e:
+            raise ArchiveError(str(e), 502) from None
+        port = port or (443 if scheme == "https" else 80)
+        try:
+            self._check_host_offline(host, port)
+        except SpecError as e:
+            raise ArchiveError(e.message.replace("repository host", "archive host"), 403) from None
+        return host, port
 
     def _schemes(self):
         return ("https", "http") if self.allow_http else ("https",)
@@ -617,6 +745,15 @@ class RepoPolicy(RefResolver):
         if problem:
             raise SpecError(problem)
         return quote(urlpath, safe=_URLPATH_SAFE)
+
+
+def binderhub_provider_name(provider):
+    """BinderHub's name of a provider in launch events and metrics (``gh`` -> ``GitHub``).
+
+    The names of BinderHub's ``event-schemas/launch.json`` (b9fad99); unknown: ``other``.
+    """
+    known = PROVIDERS.get(provider) or ARCHIVE_PROVIDERS.get(provider)
+    return known.binderhub_name if known is not None else "other"
 
 
 @dataclasses.dataclass(frozen=True)

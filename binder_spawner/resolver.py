@@ -40,6 +40,11 @@ def _pin_address(address):
 MAX_GIT_OUTPUT = 4 * 1024 * 1024
 
 
+def _copy_error(error):
+    """A fresh exception like a cached one (raising one instance twice chains tracebacks)."""
+    return type(error)(error.message, error.status_code)
+
+
 class _TooMuchOutput(Exception):
     pass
 
@@ -197,37 +202,48 @@ class RefResolver(LoggingConfigurable):
         return dataclasses.replace(spec, commit=commit)
 
     async def _cached_lookup(self, repo_url, ref, allow_empty=False):
-        cache = self.resolve_cache
         key = (self._fingerprint(), repo_url, ref, allow_empty)
+        return await self._cached_call(key, lambda: self._ls_remote(repo_url, ref, allow_empty))
+
+    async def _cached_call(self, key, lookup):
+        """``await lookup()`` through the cache: hits and misses reused, one call in flight.
+
+        ``lookup`` raises :class:`SpecError` (or an error with ``message`` and
+        ``status_code``) for a miss, which is remembered for
+        :attr:`resolve_negative_cache_ttl` seconds.
+        """
+        cache = self.resolve_cache
         hit = cache.entries.get(key)
         if hit is not None:
             stored_at, result = hit
-            ttl = (
-                self.resolve_negative_cache_ttl
-                if isinstance(result, SpecError)
-                else self.resolve_cache_ttl
-            )
+            failed = isinstance(result, Exception)
+            ttl = self.resolve_negative_cache_ttl if failed else self.resolve_cache_ttl
             if 0 <= self.clock() - stored_at < ttl:
                 cache.entries.move_to_end(key)
-                if isinstance(result, SpecError):
-                    raise SpecError(result.message, result.status_code)
+                if failed:
+                    raise _copy_error(result)
                 return result
             del cache.entries[key]
         task = cache.inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._lookup_and_store(key, repo_url, ref, allow_empty))
+            task = asyncio.ensure_future(self._lookup_and_store(key, lookup))
             cache.inflight[key] = task
             task.add_done_callback(lambda _: cache.inflight.pop(key, None))
         result = await asyncio.shield(task)
-        if isinstance(result, SpecError):
-            raise SpecError(result.message, result.status_code)
+        if isinstance(result, Exception):
+            raise _copy_error(result)
         return result
 
-    async def _lookup_and_store(self, key, repo_url, ref, allow_empty):
+    async def _lookup_and_store(self, key, lookup):
         try:
-            result = await self._ls_remote(repo_url, ref, allow_empty)
+            result = await lookup()
             ttl = self.resolve_cache_ttl
         except SpecError as e:
+            result = e
+            ttl = self.resolve_negative_cache_ttl
+        except Exception as e:
+            if not hasattr(e, "status_code") or not hasattr(e, "message"):
+                raise
             result = e
             ttl = self.resolve_negative_cache_ttl
         if ttl > 0:

@@ -159,11 +159,11 @@ def remove_state(hub):
 
 
 @contextlib.asynccontextmanager
-async def local_hub_session(tmp_path_factory, request, name="local-hub"):
+async def local_hub_session(tmp_path_factory, request, name="local-hub", extra_config=""):
     """A git server and a local-mode hub for a test module; the hub log on failure."""
     git = GitServer(tmp_path_factory.mktemp("git"))
     git.start()
-    hub = await start_local_hub(tmp_path_factory.mktemp(name), git)
+    hub = await start_local_hub(tmp_path_factory.mktemp(name), git, extra_config)
     try:
         yield LocalHub(hub, git)
     finally:

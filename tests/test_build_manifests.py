@@ -348,3 +348,35 @@ async def test_spawners_of_a_class_share_collaborators():
     assert other.repo_policy is not one.repo_policy
     # the resolve cache is keyed by the settings it depends on: one for all
     assert other.repo_policy.resolve_cache is one.repo_policy.resolve_cache
+
+
+@pytest.mark.parametrize(
+    "doi, version, slug",
+    [
+        pytest.param("10.5281/zenodo.3242073", "3242074", "zenodo-3242074", id="zenodo"),
+        pytest.param(
+            "10.6084/m9.figshare.9782777", "9782777.v2", "figshare-9782777.v2", id="figshare"
+        ),
+    ],
+)
+def test_archive_record_build_pod_is_valid_and_hands_repo2docker_the_doi(doi, version, slug):
+    """BinderHub (build.py b9fad99 L175-188): ``--ref=<resolved ref>``, the DOI last."""
+    from binder_spawner.images import build_pod_name, image_name
+    from binder_spawner.repos import RepoPolicy
+
+    spec = RepoPolicy().parse(doi)
+    spec = spec.__class__(**{**spec.__dict__, "commit": version, "build_slug": slug})
+    image = image_name(spec, spec.commit, prefix="registry.example.org/binder-")
+    command = build.repo2docker_command(spec.repo_url, spec.commit, image)
+    pod = manifest(
+        name=build_pod_name(image),
+        command=command,
+        repo_key=spec.repo_key,
+        repo_url=spec.repo_url,
+        commit=spec.commit,
+        image=image,
+    )
+    validate(pod)
+    assert pod["metadata"]["labels"][build.COMMIT_LABEL] == version
+    args = get_argparser().parse_args(pod["spec"]["containers"][0]["args"][1:])
+    assert (args.repo, args.ref, args.image_name) == (doi, version, image)

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from .archiveserver import Archives
+
 COMMIT = "1479e0252b2e648bb755ee913292b79495931717"
 
 
@@ -29,6 +31,7 @@ async def test_offline_with_full_sha():
     assert code == 0
     assert result == {
         "provider": "gh",
+        "provider_name": "GitHub",
         "spec": f"gh/binder-examples/octave/{COMMIT}",
         "repo_url": "https://github.com/binder-examples/octave",
         "ref": COMMIT,
@@ -37,6 +40,7 @@ async def test_offline_with_full_sha():
         "build_pod_name": "build-binder-2dexamples-2doctave-03025a-5ed01b-1479e0",
         "urlpath": "",
         "repo_key": "gh/binder-examples/octave",
+        "resolved_spec": None,
     }
 
 
@@ -97,3 +101,28 @@ def _sha6(slug):
     import hashlib
 
     return hashlib.sha256(slug.encode()).hexdigest()[:6]
+
+
+async def test_archive_record_resolved_with_the_hubs_settings(tmp_path):
+    archives = Archives()
+    try:
+        archives.zenodo_record("3242074", {"a.txt": b"a"}, doi="10.5281/zenodo.3242073")
+        config = tmp_path / "config.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "RepoPolicy": archives.policy_config(),
+                    "BinderSpawner": {"image_prefix": "registry.example.org/binder-"},
+                }
+            )
+        )
+        code, result = await inspect("--config", str(config), "10.5281/zenodo.3242073")
+        assert code == 0 and result["commit"] is None and result["provider_name"] == "Zenodo"
+        code, result = await inspect("--config", str(config), "--resolve", "10.5281/zenodo.3242073")
+    finally:
+        archives.stop()
+    assert code == 0
+    assert result["commit"] == "3242074"
+    assert result["resolved_spec"] == "zenodo/10.5281/zenodo.3242074"
+    assert result["image"] == "registry.example.org/binder-zenodo-2d3242074-b993d2:3242074"
+    assert result["repo_url"] == "10.5281/zenodo.3242073"

@@ -1,0 +1,218 @@
+"""A record's files on disk: names checked, writes fd-relative, archives unpacked safely.
+
+Root writes a record's downloads into a directory it has just made and that
+no sandbox can reach yet (the environment's ``repo/`` before the build uid
+gets it, see :mod:`binder_spawner.localbuild`). The names come from
+strangers (the archive's file list, the entries of a zip), so:
+
+- a name is a relative path of plain components: no leading ``/``, no
+  ``..`` or ``.``, no backslash, no NUL or control characters, not empty;
+- every directory is made and opened relative to its parent's descriptor
+  with ``O_NOFOLLOW``, every file created with ``O_EXCL | O_NOFOLLOW``: a
+  name can never lead outside the directory, nor overwrite or follow what
+  is there;
+- a zip is refused whole, before anything is written, when an entry is a
+  link (symbolic links could point anywhere), has an unsafe name, when it
+  has more entries than ``max_files`` or declares more than ``max_bytes``
+  unpacked; while unpacking, the bytes really written are counted against
+  the same cap (a zip bomb with lying headers).
+
+repo2docker's rules for what to unpack are kept: a record of exactly one
+zip file is unpacked in place of the file, and an archive holding one top
+directory has that directory's contents moved up.
+"""
+
+import contextlib
+import os
+import re
+import stat
+import zipfile
+
+from .archives import ArchiveError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_BYTES = 255
+MAX_DEPTH = 64
+
+
+def safe_parts(name):
+    """The path components of ``name``, or raise :class:`ArchiveError` if it could escape."""
+    if not isinstance(name, str) or not name or _CONTROL.search(name) or "\\" in name:
+        raise ArchiveError(
+            f"The record holds a file with a name that is not allowed: {name!r}.", 422
+        )
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise ArchiveError(f"The record holds a file with an absolute path: {name!r}.", 422)
+    parts = [p for p in name.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ArchiveError(
+            f"The record holds a file whose path leads outside its folder: {name!r}.", 422
+        )
+    if len(parts) > MAX_DEPTH or any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        raise ArchiveError(
+            f"The record holds a file with a name that is too long: {name[:80]!r}.", 422
+        )
+    return parts
+
+
+def open_dir(path):
+    return os.open(path, _DIR_FLAGS)
+
+
+def _subdir(dir_fd, parts):
+    """An fd of ``parts`` below ``dir_fd``, made as needed (0755), never following links."""
+    fd = os.dup(dir_fd)
+    try:
+        for part in parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                new = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                raise ArchiveError(
+                    f"The record uses {part!r} both as a file and as a folder.", 422
+                ) from None
+            os.close(fd)
+            fd = new
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_file(dir_fd, name):
+    """A new file for ``name`` below ``dir_fd`` (a writable binary file object)."""
+    parts = safe_parts(name)
+    parent = _subdir(dir_fd, parts[:-1])
+    try:
+        fd = os.open(parts[-1], _NEW_FILE, 0o644, dir_fd=parent)
+    except FileExistsError:
+        raise ArchiveError(f"The record holds the file {name!r} twice.", 422) from None
+    finally:
+        os.close(parent)
+    return os.fdopen(fd, "wb")
+
+
+def is_zip(dir_fd, name):
+    parts = safe_parts(name)
+    parent = _subdir(dir_fd, parts[:-1])
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    finally:
+        os.close(parent)
+    with os.fdopen(fd, "rb") as f:
+        return zipfile.is_zipfile(f)
+
+
+def _is_link(info):
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def check_zip(zf, max_files, max_bytes):
+    """Refuse the whole zip before writing anything (see the module docstring)."""
+    infos = zf.infolist()
+    if len(infos) > max_files:
+        raise ArchiveError(
+            f"The record's archive holds {len(infos)} entries, more than the {max_files} "
+            "this hub unpacks.",
+            413,
+        )
+    total = 0
+    for info in infos:
+        if _is_link(info):
+            raise ArchiveError(
+                f"The record's archive holds a link ({info.filename!r}); links are not unpacked.",
+                422,
+            )
+        safe_parts(info.filename)
+        total += info.file_size
+    if total > max_bytes:
+        raise ArchiveError(
+            f"The record's archive unpacks to {total / 1024**2:,.0f} MB, more than the "
+            f"{max_bytes / 1024**2:,.0f} MB this hub allows.",
+            413,
+        )
+    return infos
+
+
+def extract_zip(dir_fd, name, *, max_files, max_bytes):
+    """Unpack the zip ``name`` (a file in ``dir_fd``) into ``dir_fd``, then remove it.
+
+    Returns (files, bytes) written.
+    """
+    parts = safe_parts(name)
+    parent = _subdir(dir_fd, parts[:-1])
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        with os.fdopen(fd, "rb") as f:
+            try:
+                zf = zipfile.ZipFile(f)
+            except (zipfile.BadZipFile, ValueError):
+                raise ArchiveError(f"The record's file {name!r} is not a valid zip.", 422) from None
+            with zf:
+                written = _extract(zf, dir_fd, name, max_files, max_bytes)
+        os.unlink(parts[-1], dir_fd=parent)
+    finally:
+        os.close(parent)
+    return written
+
+
+def _extract(zf, dir_fd, name, max_files, max_bytes):
+    infos = check_zip(zf, max_files, max_bytes)
+    total = files = 0
+    for info in infos:
+        parts = safe_parts(info.filename)
+        if info.is_dir():
+            os.close(_subdir(dir_fd, parts))
+            continue
+        try:
+            with zf.open(info) as src, create_file(dir_fd, "/".join(parts)) as dst:
+                while True:
+                    chunk = src.read(1024 * 1024)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ArchiveError(
+                            f"The record's archive unpacks to more than the "
+                            f"{max_bytes / 1024**2:,.0f} MB this hub allows.",
+                            413,
+                        )
+                    dst.write(chunk)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as e:
+            raise ArchiveError(
+                f"The record's file {name!r} could not be unpacked: {e}.", 422
+            ) from None
+        except RuntimeError as e:  # encrypted entries
+            raise ArchiveError(
+                f"The record's file {name!r} could not be unpacked: {e}.", 422
+            ) from None
+        files += 1
+    return files, total
+
+
+def flatten_single_directory(dir_fd):
+    """If ``dir_fd`` holds exactly one entry and it is a directory, move its contents up.
+
+    repo2docker does this after unpacking a record's single archive.
+    """
+    names = os.listdir(dir_fd)
+    if len(names) != 1:
+        return False
+    only = names[0]
+    st = os.stat(only, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    # a new name first: the directory may hold an entry of its own name
+    temporary = ".binder-unpack-" + os.urandom(6).hex()
+    os.rename(only, temporary, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    inner = os.open(temporary, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(inner):
+            os.rename(entry, entry, src_dir_fd=inner, dst_dir_fd=dir_fd)
+    finally:
+        os.close(inner)
+    os.rmdir(temporary, dir_fd=dir_fd)
+    return True

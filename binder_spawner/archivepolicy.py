@@ -1,0 +1,349 @@
+"""Which archives a hub launches from, how records are resolved, and how their files come.
+
+:class:`ArchivePolicy` is the archive half of
+:class:`binder_spawner.repos.RepoPolicy` (configure it as ``c.RepoPolicy.*``):
+the DOI resolver and archive hosts, limits on what a record may weigh, the
+resolution of a record to its version (cached like git refs, misses too,
+concurrent resolutions of one record share one request), and, for local
+mode, the download of a record's files into a directory root just made.
+
+Every request goes through :class:`~binder_spawner.archivenet.ArchiveClient`,
+so the network rules of git URLs (``allow_http``, ``allowed_hosts``,
+``banned_networks``) hold for every host contacted, each redirect included.
+"""
+
+import asyncio
+import hashlib
+import os
+
+from jupyterhub.traitlets import ByteSpecification
+from traitlets import Dict, Float, Integer, List, Unicode, validate
+from traitlets.config import LoggingConfigurable
+
+from . import archivefiles
+from .archivenet import ArchiveClient, url_hosts
+from .archives import (
+    ARCHIVE_PROVIDERS,
+    ArchiveError,
+    FigshareProvider,
+    ZenodoProvider,
+    figshare_files,
+    zenodo_files,
+)
+
+#: Where a DOI of each provider may lead and whose record links are recognised (mybinder.org's).
+DEFAULT_ARCHIVE_HOSTS = {
+    "zenodo": ["zenodo.org", "www.zenodo.org", "sandbox.zenodo.org"],
+    "figshare": ["figshare.com", "api.figshare.com"],
+}
+
+
+def _megabytes(size):
+    return f"{size / 1024**2:,.0f} MB"
+
+
+def _size_text(size):
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024**2:
+        return f"{size / 1024:,.0f} KB"
+    return _megabytes(size)
+
+
+class ArchivePolicy(LoggingConfigurable):
+    """Archive settings, resolution and downloads (base class of RepoPolicy)."""
+
+    doi_resolver_url = Unicode(
+        "https://doi.org",
+        help="""
+        The DOI resolver: ``<url>/<DOI>`` redirects to the record's page, as
+        ``https://doi.org`` does. Default ``https://doi.org``.
+
+        Example: ``c.RepoPolicy.doi_resolver_url = "https://doi.example.org"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    archive_hosts = Dict(
+        value_trait=List(Unicode()),
+        help="""
+        Hosts (``name`` or ``name:port``) of each archive provider: a DOI of
+        that provider must lead to one of them, record links on them are read
+        as that provider's, and its API is asked there. Missing providers keep
+        their defaults (mybinder.org's): ``zenodo``: zenodo.org,
+        www.zenodo.org, sandbox.zenodo.org; ``figshare``: figshare.com,
+        api.figshare.com. File downloads may be redirected to any host that
+        passes the network rules (archives keep files on storage services).
+        A host on a private network must also be in :attr:`allowed_hosts`.
+
+        Example: ``c.RepoPolicy.archive_hosts = {"zenodo": ["zenodo.example.org"]}``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    figshare_api_url = Unicode(
+        "https://api.figshare.com/v2",
+        help="""
+        Figshare's API (article versions and files). Default
+        ``https://api.figshare.com/v2``.
+
+        Example: ``c.RepoPolicy.figshare_api_url = "https://api.figshare.example.org/v2"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    archive_timeout = Float(
+        20.0,
+        help="""
+        Seconds to connect to an archive, and for one API answer. Downloads
+        have no total time limit but must keep sending. Default 20.
+
+        Example: ``c.RepoPolicy.archive_timeout = 30``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    archive_max_bytes = ByteSpecification(
+        1024**3,
+        help="""
+        Most bytes a record's files may weigh (local mode downloads them).
+        A record whose file list says more is refused before anything is
+        downloaded; a download that sends more is stopped. Default 1 GB.
+
+        Example: ``c.RepoPolicy.archive_max_bytes = "500M"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    archive_max_unpacked_bytes = ByteSpecification(
+        2 * 1024**3,
+        help="""
+        Most bytes a record's zip may unpack to (a zip bomb is refused).
+        Default 2 GB.
+
+        Example: ``c.RepoPolicy.archive_max_unpacked_bytes = "1G"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    archive_max_files = Integer(
+        10000,
+        help="""
+        Most files a record, or its zip, may hold. Default 10000.
+
+        Example: ``c.RepoPolicy.archive_max_files = 2000``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    @validate("doi_resolver_url", "figshare_api_url")
+    def _validate_base_url(self, proposal):
+        value = proposal.value.rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(
+                f"RepoPolicy.{proposal.trait.name} must be an http(s) URL, got {proposal.value!r}"
+            )
+        return value
+
+    # -- hosts ----------------------------------------------------------------
+
+    def archive_host_set(self, provider):
+        """``{(host, port or None)}`` of a provider's hosts."""
+        hosts = self.archive_hosts.get(provider, DEFAULT_ARCHIVE_HOSTS.get(provider, []))
+        return {self._split_hostport(h.strip().lower()) for h in hosts}
+
+    def archive_provider_for_host(self, host, port):
+        """The archive provider whose record links live on ``host:port``, or None."""
+        for name in ARCHIVE_PROVIDERS:
+            hosts = self.archive_host_set(name)
+            if (host, port) in hosts or (host, None) in hosts:
+                return name
+        return None
+
+    def _api_hosts(self, provider):
+        hosts = {(h, p if p is not None else None) for h, p in self.archive_host_set(provider)}
+        if provider == "figshare":
+            hosts |= url_hosts([self.figshare_api_url])
+        return hosts
+
+    def _client(self):
+        return ArchiveClient(self, timeout=self.archive_timeout)
+
+    # -- resolution -------------------------------------------------------------
+
+    async def resolve_archive(self, spec):
+        """The :class:`~binder_spawner.archives.Resolution` of an archive spec (cached)."""
+        key = (self._fingerprint(), "archive", spec.provider, spec.repo_url.lower())
+        return await self._cached_call(key, lambda: self._resolve_archive(spec))
+
+    async def _resolve_archive(self, spec):
+        client = self._client()
+        try:
+            if spec.provider == "zenodo":
+                return await self._resolve_zenodo(client, spec.repo_url)
+            if spec.provider == "figshare":
+                return await self._resolve_figshare(client, spec.repo_url)
+        finally:
+            client.close()
+        raise ArchiveError(f"Unknown archive provider {spec.provider}.", 400)
+
+    async def _landing(self, client, provider, doi):
+        """GET the DOI at the resolver, following its redirects; the final answer."""
+        display = ARCHIVE_PROVIDERS[provider].display_name
+        answer = await client.get(
+            f"{self.doi_resolver_url}/{doi}", f"The {display} record {doi}", accept="text/html"
+        )
+        host, port = client.check(answer.url)
+        hosts = self.archive_host_set(provider)
+        if (host, port) not in hosts and (host, None) not in hosts:
+            raise ArchiveError(f"The DOI {doi} does not lead to a {display} record.", 422)
+        return answer
+
+    async def _resolve_zenodo(self, client, doi):
+        # BinderHub ZenodoProvider.get_resolved_ref: fetch https://doi.org/<spec>,
+        # take the last segment of the effective URL
+        answer = await self._landing(client, "zenodo", doi)
+        return ZenodoProvider.resolution(doi, answer.url)
+
+    async def _resolve_figshare(self, client, doi):
+        # BinderHub FigshareProvider.get_resolved_ref: the DOI must resolve (404 otherwise);
+        # an unversioned DOI is the article's latest version, from the API
+        await self._landing(client, "figshare", doi)
+        article, version = FigshareProvider.article(doi)
+        if version is None:
+            answer = await client.get(
+                f"{self.figshare_api_url}/articles/{article}/versions",
+                f"The Figshare article {article}",
+                hosts=self._api_hosts("figshare"),
+            )
+            version = FigshareProvider.latest_version(answer.json("Figshare"))
+        return FigshareProvider.resolution(doi, article, version, self.figshare_api_url)
+
+    # -- files (local mode) -------------------------------------------------------
+
+    async def record_files(self, client, provider, resolution):
+        """The [RecordFile] of a resolved record, from the archive's API."""
+        if provider == "zenodo":
+            what = f"The Zenodo record {resolution.version}"
+            hosts = self._api_hosts("zenodo")
+            record = await client.get(
+                f"{resolution.api_base}/api/records/{resolution.version}", what, hosts=hosts
+            )
+            links = record.json("Zenodo").get("links") or {}
+            files_url = links.get("files") if isinstance(links, dict) else None
+            if not isinstance(files_url, str):
+                raise ArchiveError(f"{what} has no file list.", 502)
+            listing = await client.get(files_url, what, hosts=hosts)
+            return zenodo_files(listing.json("Zenodo"))
+        if provider == "figshare":
+            article, _, version = resolution.version.partition(".v")
+            what = f"The Figshare article {resolution.version}"
+            answer = await client.get(
+                f"{resolution.api_base}/articles/{article}/versions/{version}",
+                what,
+                hosts=self._api_hosts("figshare"),
+            )
+            return figshare_files(answer.json("Figshare"))
+        raise ArchiveError(f"Unknown archive provider {provider}.", 400)
+
+    def download_record(self, provider, resolution, dest, emit):
+        """Download a resolved record's files into ``dest``, unpack a lone zip (blocking).
+
+        ``dest``: an empty directory root has just made, that nothing else
+        can write. ``emit(line)`` reports progress (called from this thread).
+        Runs its own event loop: call it in a worker thread
+        (``asyncio.to_thread``), so no byte is written on the hub's loop.
+        Raises :class:`~binder_spawner.archives.ArchiveError`.
+        """
+        return asyncio.run(self._download_record(provider, resolution, dest, emit))
+
+    async def _download_record(self, provider, resolution, dest, emit):
+        client = self._client()
+        dir_fd = archivefiles.open_dir(dest)
+        try:
+            files = await self.record_files(client, provider, resolution)
+            if not files:
+                raise ArchiveError("This record has no files to launch.", 422)
+            self._check_listing(files)
+            total = 0
+            for record_file in files:
+                emit(
+                    f"Downloading {record_file.name}"
+                    + (f" ({_size_text(record_file.size)})" if record_file.size else "")
+                )
+                total += await self._download_file(client, dir_fd, record_file, total)
+            if len(files) == 1 and archivefiles.is_zip(dir_fd, files[0].name):
+                emit(f"Unpacking {files[0].name}")
+                count, size = archivefiles.extract_zip(
+                    dir_fd,
+                    files[0].name,
+                    max_files=self.archive_max_files,
+                    max_bytes=self.archive_max_unpacked_bytes,
+                )
+                archivefiles.flatten_single_directory(dir_fd)
+                emit(f"Unpacked {count} files ({_size_text(size)})")
+            return total
+        finally:
+            os.close(dir_fd)
+            client.close()
+
+    def _check_listing(self, files):
+        if len(files) > self.archive_max_files:
+            raise ArchiveError(
+                f"This record has {len(files)} files, more than the {self.archive_max_files} "
+                "this hub downloads for a launch.",
+                413,
+            )
+        declared = sum(f.size or 0 for f in files)
+        if declared > self.archive_max_bytes:
+            raise ArchiveError(
+                f"This record has {_megabytes(declared)} of files, more than the "
+                f"{_megabytes(self.archive_max_bytes)} this hub downloads for a launch.",
+                413,
+            )
+        for f in files:
+            archivefiles.safe_parts(f.name)
+
+    async def _download_file(self, client, dir_fd, record_file, before):
+        hasher = hashlib.new(record_file.checksum[0]) if record_file.checksum else None
+        size = 0
+        limit = self.archive_max_bytes
+
+        with archivefiles.create_file(dir_fd, record_file.name) as out:
+
+            def sink(chunk):
+                nonlocal size
+                size += len(chunk)
+                if before + size > limit:
+                    raise ArchiveError(
+                        f"This record's files are larger than the {_megabytes(limit)} "
+                        "this hub downloads for a launch.",
+                        413,
+                    )
+                if hasher is not None:
+                    hasher.update(chunk)
+                out.write(chunk)
+
+            await client.get(
+                record_file.url, f"the file {record_file.name}", sink=sink, accept="*/*"
+            )
+        if record_file.size is not None and size != record_file.size:
+            raise ArchiveError(
+                f"The file {record_file.name} arrived with {size} bytes, not the "
+                f"{record_file.size} the archive lists. Try again later.",
+                502,
+            )
+        if hasher is not None and hasher.hexdigest() != record_file.checksum[1]:
+            raise ArchiveError(
+                f"The file {record_file.name} does not match the archive's "
+                f"{record_file.checksum[0]} checksum. Try again later.",
+                502,
+            )
+        return size

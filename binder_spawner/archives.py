@@ -1,0 +1,338 @@
+"""Research archives as launch sources: Zenodo and Figshare records by DOI (pure).
+
+A record in an archive is named by a DOI (``10.5281/zenodo.3242074``) and
+resolved, like a git ref, to an immutable version: BinderHub's *resolved
+ref*, which is also the image tag. The rules follow BinderHub's
+``binderhub/repoproviders.py`` (2026-04, b9fad99), ``ZenodoProvider`` and
+``FigshareProvider``, so that the same record gives the same image name:
+
+- ``zenodo/<DOI>``: the DOI resolver's redirects lead to the record's page;
+  the last path segment of the final URL is the record id (a concept DOI
+  lands on its latest version). Resolved spec: the DOI up to ``zenodo``,
+  then ``zenodo.<record id>``; build slug ``zenodo-<record id>``.
+- ``figshare/<DOI>``: ``10.6084/m9.figshare.<article>[.v<version>]``; the DOI
+  must exist at the resolver; without a version the article's latest
+  version is asked from Figshare's API. Resolved ref ``<article>.v<version>``,
+  build slug ``figshare-<article>.v<version>``.
+
+Like BinderHub, the "repository URL" of a record (``BINDER_REPO_URL`` and
+repo2docker's positional argument) is the DOI itself: repo2docker's content
+providers resolve it in the build pod.
+
+This module only reads specs, links and API answers; the network side is
+:mod:`binder_spawner.archivenet`.
+"""
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from .providers import Provider, RepoRef, SpecError
+
+#: DOI syntax (Crossref's recommended pattern), at most 256 characters.
+DOI = re.compile(r"^10\.\d{4,9}/[-._;()/:A-Za-z0-9]{1,240}$")
+#: A resolved ref is an image tag and a label value: keep it to these characters.
+RECORD_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: Forms a DOI is written in, as links or text.
+_DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "doi:")
+
+
+class ArchiveError(Exception):
+    """An archive refused, or answered wrongly; ``message`` is one user-facing sentence."""
+
+    def __init__(self, message, status_code=404):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+    def __str__(self):
+        return self.message
+
+
+@dataclass(frozen=True)
+class ArchiveRef(RepoRef):
+    """A record in an archive: ``repo`` is the DOI, the spec has no ref part."""
+
+    @property
+    def spec(self):
+        return f"{self.provider}/{self.repo}"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What resolving a record gives, in BinderHub's terms."""
+
+    #: the resolved ref: the image tag (``3242074``, ``9782777.v1``)
+    version: str
+    #: the spec of exactly this version (``10.5281/zenodo.3242074``)
+    resolved_spec: str
+    build_slug: str
+    #: BINDER_REF_URL
+    ref_url: str
+    #: where the record's API lives (``https://zenodo.org``), for downloads
+    api_base: str = ""
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """One file of a record: where to download it, its size and checksum if known."""
+
+    name: str
+    url: str
+    size: int | None = None
+    #: ("md5", hex digest) or None
+    checksum: tuple | None = None
+
+
+def bare_doi(text):
+    """The DOI in ``text`` (``doi:...``, ``https://doi.org/...`` or plain), or None."""
+    for prefix in _DOI_PREFIXES:
+        if text.lower().startswith(prefix):
+            text = unquote(text[len(prefix) :])
+            break
+    return text if DOI.fullmatch(text) else None
+
+
+def check_version(version, what):
+    if not isinstance(version, str) or not RECORD_VERSION.fullmatch(version):
+        raise ArchiveError(f"The archive gave an unusable {what} for this record.", 502)
+    return version
+
+
+class ArchiveProvider(Provider):
+    """A provider whose spec is a DOI and whose versions come from an archive's API."""
+
+    #: BinderHub's ``name`` (launch events, metrics)
+    binderhub_name = ""
+    example = ""
+
+    def make(self, doi):
+        return ArchiveRef(
+            provider=self.name,
+            repo=doi,
+            ref="",
+            repo_url=doi,
+            build_slug="",
+            # DOIs are case-insensitive: one record, one limit
+            key=f"{self.name}/{doi.lower()}",
+            spec_ref="",
+        )
+
+    def check_doi(self, doi):
+        """Provider-specific rules on a DOI; raises :class:`SpecError`."""
+
+    def from_spec(self, rest, base_url=""):
+        doi = bare_doi(unquote(rest)) if rest else None
+        if doi is None:
+            raise SpecError(
+                f'A {self.display_name} spec looks like "{self.name}/<DOI>", '
+                f'e.g. "{self.name}/{self.example}".'
+            )
+        self.check_doi(doi)
+        return self.make(doi)
+
+    def from_record_url(self, host, path):
+        """A record's web page on one of the provider's hosts -> ArchiveRef, or None."""
+        return None
+
+
+class ZenodoProvider(ArchiveProvider):
+    name = "zenodo"
+    display_name = "Zenodo"
+    binderhub_name = "Zenodo"
+    example = "10.5281/zenodo.3242074"
+    _RECORD_PATH = re.compile(r"^/(?:record|records)/(\d{1,20})/?$")
+
+    def from_record_url(self, host, path):
+        match = self._RECORD_PATH.match(path)
+        if not match:
+            raise SpecError("This Zenodo link does not point to a record.")
+        # every record of zenodo.org has the DOI 10.5281/zenodo.<record id>
+        return self.make(f"10.5281/zenodo.{match[1]}")
+
+    @staticmethod
+    def resolution(doi, final_url):
+        """BinderHub's resolution from the URL the DOI finally leads to.
+
+        ``ZenodoProvider.get_resolved_ref``: the last path segment of the
+        effective URL; ``get_resolved_spec``: the DOI up to ``zenodo``, then
+        ``zenodo.<record id>``; ``get_build_slug``: ``zenodo-<record id>``.
+        """
+        record_id = check_version(urlsplit(final_url).path.rsplit("/", maxsplit=1)[1], "record id")
+        resolved = doi.split("zenodo")[0] + "zenodo." + record_id
+        parts = urlsplit(final_url)
+        return Resolution(
+            version=record_id,
+            resolved_spec=resolved,
+            build_slug=f"zenodo-{record_id}",
+            ref_url=f"https://doi.org/{resolved}",
+            api_base=f"{parts.scheme}://{parts.netloc}",
+        )
+
+
+class FigshareProvider(ArchiveProvider):
+    name = "figshare"
+    display_name = "Figshare"
+    binderhub_name = "Figshare"
+    example = "10.6084/m9.figshare.9782777.v1"
+    _ARTICLE_PATH = re.compile(r"^/articles/(?:[^/]+/)?[^/]+/(\d{1,20})(?:/(\d{1,9}))?/?$")
+
+    def check_doi(self, doi):
+        self.article(doi)
+
+    @staticmethod
+    def article(doi):
+        """(article id, version or None) of a Figshare DOI, as BinderHub reads it.
+
+        ``FigshareProvider.get_resolved_ref``: the identifier after the
+        ``/`` split at ``.`` must have three fields or more; a last field
+        ``v<N>`` is the version, the one before it the article.
+        """
+        _, _, identifier = doi.partition("/")
+        fields = identifier.split(".")
+        if len(fields) < 3:
+            raise SpecError(
+                "This is not a Figshare DOI: they look like 10.6084/m9.figshare.9782777.v1."
+            )
+        if fields[-1].startswith("v"):
+            article, version = fields[-2], fields[-1][1:]
+            if not version.isdigit():
+                raise SpecError("The version of a Figshare DOI is a number, like .v1.")
+        else:
+            article, version = fields[-1], None
+        if not article.isdigit():
+            raise SpecError("A Figshare DOI ends in the article number, like m9.figshare.9782777.")
+        return article, version
+
+    def from_record_url(self, host, path):
+        match = self._ARTICLE_PATH.match(path)
+        if not match:
+            raise SpecError("This Figshare link does not point to an article.")
+        article, version = match[1], match[2]
+        doi = f"10.6084/m9.figshare.{article}" + (f".v{version}" if version else "")
+        return self.make(doi)
+
+    @staticmethod
+    def resolution(doi, article, version, api_base):
+        """BinderHub's resolution for an article and its (found) version."""
+        record_id = check_version(f"{article}.v{version}", "article version")
+        resolved = doi.split("figshare")[0] + "figshare." + record_id
+        return Resolution(
+            version=record_id,
+            resolved_spec=resolved,
+            build_slug=f"figshare-{record_id}",
+            ref_url=f"https://doi.org/{resolved}",
+            api_base=api_base,
+        )
+
+    @staticmethod
+    def latest_version(versions):
+        """The highest ``version`` in Figshare's ``/articles/<id>/versions`` answer."""
+        if not isinstance(versions, list):
+            raise ArchiveError("Figshare answered the version list in an unexpected form.", 502)
+        numbers = [v.get("version") for v in versions if isinstance(v, dict)]
+        numbers = [n for n in numbers if isinstance(n, int) and n >= 0]
+        if not numbers:
+            raise ArchiveError("This Figshare article has no published version.", 404)
+        return str(max(numbers))
+
+
+#: Provider prefix -> archive provider.
+ARCHIVE_PROVIDERS = {p.name: p for p in (ZenodoProvider(), FigshareProvider())}
+
+#: BinderHub's provider names (launch events, metrics) of the archive providers.
+BINDERHUB_NAMES = {p.name: p.binderhub_name for p in ARCHIVE_PROVIDERS.values()}
+
+
+def is_archive(provider):
+    return provider in ARCHIVE_PROVIDERS
+
+
+def provider_for_doi(doi):
+    """The archive provider a bare DOI belongs to, by its registrant's prefix, or None.
+
+    Zenodo's DOIs are ``10.5281/zenodo.<id>``; Figshare's carry ``.figshare.``
+    (``10.6084/m9.figshare.<id>``, institutional portals too).
+    """
+    lowered = doi.lower()
+    if lowered.startswith("10.5281/zenodo."):
+        return "zenodo"
+    if ".figshare." in lowered:
+        return "figshare"
+    return None
+
+
+# --- API answers -> files --------------------------------------------------
+
+
+def _checksum(value):
+    """``"md5:abc..."`` (Zenodo) or a bare hex digest -> ("md5", hex) or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    algorithm, _, digest = value.partition(":")
+    if not digest:
+        algorithm, digest = "md5", value
+    algorithm = algorithm.lower()
+    if algorithm not in ("md5", "sha256", "sha1") or not re.match(r"^[0-9a-fA-F]+$", digest):
+        return None
+    return algorithm, digest.lower()
+
+
+def _size(value):
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def zenodo_files(listing):
+    """Zenodo's ``links.files`` answer (``{"entries": [...]}``) -> [RecordFile].
+
+    Each entry has ``key`` (the name), ``links.content``, ``size`` and
+    ``checksum`` (``md5:<hex>``), as repo2docker's Zenodo provider reads them.
+    """
+    entries = listing.get("entries") if isinstance(listing, dict) else None
+    if not isinstance(entries, list):
+        raise ArchiveError("Zenodo answered the record's file list in an unexpected form.", 502)
+    files = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        url = (entry.get("links") or {}).get("content")
+        name = entry.get("key")
+        if not isinstance(url, str) or not isinstance(name, str):
+            raise ArchiveError("Zenodo listed a file without a name or a link.", 502)
+        files.append(
+            RecordFile(
+                name=name,
+                url=url,
+                size=_size(entry.get("size")),
+                checksum=_checksum(entry.get("checksum")),
+            )
+        )
+    return files
+
+
+def figshare_files(article):
+    """Figshare's ``/articles/<id>/versions/<v>`` answer -> [RecordFile].
+
+    ``files`` entries have ``name``, ``download_url``, ``size``,
+    ``computed_md5`` and ``is_link_only`` (links to elsewhere are skipped, as
+    repo2docker's Figshare provider does).
+    """
+    entries = article.get("files") if isinstance(article, dict) else None
+    if not isinstance(entries, list):
+        raise ArchiveError("Figshare answered the article in an unexpected form.", 502)
+    files = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("is_link_only"):
+            continue
+        url, name = entry.get("download_url"), entry.get("name")
+        if not isinstance(url, str) or not isinstance(name, str):
+            raise ArchiveError("Figshare listed a file without a name or a link.", 502)
+        files.append(
+            RecordFile(
+                name=name,
+                url=url,
+                size=_size(entry.get("size")),
+                checksum=_checksum(entry.get("computed_md5") or entry.get("supplied_md5")),
+            )
+        )
+    return files

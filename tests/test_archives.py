@@ -1,0 +1,406 @@
+"""Zenodo and Figshare records: links, resolution held against BinderHub, network rules, downloads.
+
+The archives are served on loopback by :mod:`tests.archiveserver` (a DOI
+resolver that redirects, Zenodo, Figshare's site and API, a storage host);
+the policy is pointed at them by configuration only.
+"""
+
+import asyncio
+import hashlib
+import ipaddress
+import os
+import socket
+import tempfile
+import zlib
+
+import escapism
+import pytest
+from repo2docker.__main__ import get_argparser
+
+from binder_service.metrics import LaunchEventLog, provider_name
+from binder_spawner import build
+from binder_spawner.archives import ArchiveError
+from binder_spawner.images import image_name
+from binder_spawner.repos import RepoPolicy, ResolveCache, SpecError
+
+from .archiveserver import Archives, md5, zip_bytes
+
+
+@pytest.fixture(scope="module")
+def archives():
+    servers = Archives()
+    yield servers
+    servers.stop()
+
+
+def policy_for(archives, **extra):
+    return RepoPolicy(**{**archives.policy_config(), **extra}, resolve_cache=ResolveCache())
+
+
+def binderhub_image(build_slug, ref, prefix=""):
+    """BinderHub's image name (builder.py b9fad99 L117-128 ``_safe_build_slug``, L417-423)."""
+    safe = escapism.escape(build_slug, escape_char="-")
+    digest = hashlib.sha256(build_slug.encode("utf-8")).hexdigest()[:6]
+    limit = 255 - len(prefix)
+    slug = f"{safe[: limit - 7]}-{digest}".lower()
+    return f"{prefix}{slug}:{ref}".replace("_", "-").lower()
+
+
+# -- links (pure) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "link, spec",
+    [
+        pytest.param("zenodo/10.5281/zenodo.3242074", "zenodo/10.5281/zenodo.3242074", id="spec"),
+        pytest.param("v2/zenodo/10.5281/zenodo.3242074", "zenodo/10.5281/zenodo.3242074", id="v2"),
+        pytest.param("10.5281/zenodo.3242074", "zenodo/10.5281/zenodo.3242074", id="bare-doi"),
+        pytest.param("doi:10.5281/zenodo.3242074", "zenodo/10.5281/zenodo.3242074", id="doi-colon"),
+        pytest.param(
+            "https://doi.org/10.5281/zenodo.3242074", "zenodo/10.5281/zenodo.3242074", id="doi-url"
+        ),
+        pytest.param(
+            "https://zenodo.org/records/3242074", "zenodo/10.5281/zenodo.3242074", id="record"
+        ),
+        pytest.param("zenodo.org/record/3242074", "zenodo/10.5281/zenodo.3242074", id="old-record"),
+        pytest.param(
+            "figshare/10.6084/m9.figshare.9782777.v1",
+            "figshare/10.6084/m9.figshare.9782777.v1",
+            id="figshare-spec",
+        ),
+        pytest.param(
+            "10.6084/m9.figshare.9782777", "figshare/10.6084/m9.figshare.9782777", id="figshare-doi"
+        ),
+        pytest.param(
+            "https://figshare.com/articles/dataset/binder_example/9782777/2",
+            "figshare/10.6084/m9.figshare.9782777.v2",
+            id="figshare-article",
+        ),
+        pytest.param(
+            "https://figshare.com/articles/binder-examples_requirements/9784088",
+            "figshare/10.6084/m9.figshare.9784088",
+            id="figshare-untyped-article",
+        ),
+    ],
+)
+def test_archive_links(link, spec):
+    parsed = RepoPolicy().parse(link)
+    assert parsed.spec == spec
+    assert parsed.provider == spec.split("/", 1)[0]
+    assert parsed.repo_url == spec.split("/", 1)[1]  # BinderHub's get_repo_url: the DOI
+    assert parsed.ref == "" and parsed.commit is None
+    assert parsed.repo_key == spec.lower()
+
+
+@pytest.mark.parametrize(
+    "link, message",
+    [
+        pytest.param("zenodo/not-a-doi", 'looks like "zenodo/<DOI>"', id="zenodo-syntax"),
+        pytest.param("figshare/10.6084/figshare", "not a Figshare DOI", id="figshare-fields"),
+        pytest.param("figshare/10.6084/m9.figshare.abc", "article number", id="figshare-id"),
+        pytest.param("figshare/10.6084/m9.figshare.1.vX", "version", id="figshare-version"),
+        pytest.param("10.1234/unknown.1", "not one this hub knows", id="unknown-registrant"),
+        pytest.param("https://zenodo.org/communities/x", "does not point to a record", id="page"),
+        pytest.param({"repo": "10.5281/zenodo.1", "ref": "main"}, "no branches", id="ref"),
+        pytest.param("zenodo/10.5281/zenodo.1%0a", 'looks like "zenodo/<DOI>"', id="newline"),
+    ],
+)
+def test_bad_archive_links_are_refused(link, message):
+    with pytest.raises(SpecError) as e:
+        RepoPolicy().parse(link)
+    assert message in e.value.message
+    assert e.value.status_code == 400
+
+
+def test_providers_can_be_turned_off_and_banned():
+    policy = RepoPolicy(allowed_providers={"gh"})
+    with pytest.raises(SpecError) as e:
+        policy.parse("10.5281/zenodo.3242074")
+    assert e.value.status_code == 403 and "Zenodo is not enabled" in e.value.message
+    policy = RepoPolicy(banned_specs=["^zenodo/10.5281/zenodo.666$"])
+    with pytest.raises(SpecError):
+        policy.parse("https://zenodo.org/records/666")
+    assert policy.parse("https://zenodo.org/records/667").spec == "zenodo/10.5281/zenodo.667"
+
+
+def test_launch_events_carry_binderhub_provider_names():
+    spec = RepoPolicy().parse("10.6084/m9.figshare.9782777.v1")
+    event = LaunchEventLog().event(spec, "success")
+    # BinderHub's event-schemas/launch.json enum and its spec without the provider
+    assert (event["provider"], event["spec"]) == ("Figshare", "10.6084/m9.figshare.9782777.v1")
+    assert provider_name("zenodo") == "Zenodo"
+
+
+# -- held against BinderHub ------------------------------------------------------
+
+
+async def test_resolution_image_and_build_argument_match_binderhub(archives):
+    """For the same API answers, what BinderHub's providers give (repoproviders.py b9fad99).
+
+    Zenodo L273-301: record id = last segment of the URL the DOI finally
+    leads to; resolved spec = DOI up to "zenodo" + "zenodo.<id>"; slug
+    "zenodo-<id>". Figshare L323-380: "<article>.v<version>", the latest
+    version from the API when the DOI has none; slug "figshare-<ref>".
+    build.py L175-188: repo2docker gets --ref=<resolved ref> and, last, the
+    DOI as given (get_repo_url).
+    """
+    concept = archives.zenodo_record("5100", {"a.txt": b"a"}, doi="10.5281/zenodo.5099")
+    archives.figshare_article("7700", {1: {"a.txt": b"1"}, 3: {"a.txt": b"3"}})
+    policy = policy_for(archives)
+    table = [
+        # (link, resolved ref, resolved spec, build slug, repo2docker argument)
+        (concept, "5100", "10.5281/zenodo.5100", "zenodo-5100", concept),
+        (
+            "10.5281/zenodo.5100",
+            "5100",
+            "10.5281/zenodo.5100",
+            "zenodo-5100",
+            "10.5281/zenodo.5100",
+        ),
+        (
+            "10.6084/m9.figshare.7700",
+            "7700.v3",
+            "10.6084/m9.figshare.7700.v3",
+            "figshare-7700.v3",
+            "10.6084/m9.figshare.7700",
+        ),
+        (
+            "figshare/10.6084/m9.figshare.7700.v1",
+            "7700.v1",
+            "10.6084/m9.figshare.7700.v1",
+            "figshare-7700.v1",
+            "10.6084/m9.figshare.7700.v1",
+        ),
+    ]
+    prefix = "registry.example.org/binder-"
+    for link, ref, resolved, slug, argument in table:
+        spec = await policy.resolve(policy.parse(link))
+        assert (spec.commit, spec.resolved_spec, spec.build_slug) == (ref, resolved, slug), link
+        assert spec.ref_url == f"https://doi.org/{resolved}"  # get_resolved_ref_url
+        image = image_name(spec, spec.commit, prefix=prefix)
+        assert image == binderhub_image(slug, ref, prefix), link
+        command = build.repo2docker_command(spec.repo_url, spec.commit, image)
+        args = get_argparser().parse_args(command[1:])
+        assert (args.repo, args.ref, args.image_name) == (argument, ref, image)
+    assert (
+        binderhub_image("zenodo-5100", "5100")
+        == "zenodo-2d5100-" + hashlib.sha256(b"zenodo-5100").hexdigest()[:6] + ":5100"
+    )
+
+
+async def test_resolution_is_cached_and_shared(archives):
+    archives.zenodo_record("5200", {"a.txt": b"a"})
+    policy = policy_for(archives)
+    spec = policy.parse("10.5281/zenodo.5200")
+    first, second = await asyncio.gather(policy.resolve(spec), policy.resolve(spec))
+    assert first.commit == second.commit == "5200"
+    await policy.resolve(spec)
+    assert archives.doi.hits["/10.5281/zenodo.5200"] == 1
+    policy.clock = lambda: 1e9  # past the cache's lifetime
+    await policy.resolve(spec)
+    assert archives.doi.hits["/10.5281/zenodo.5200"] == 2
+
+
+# -- errors and network rules ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, headers, code, message",
+    [
+        pytest.param(404, {}, 404, "was not found", id="404"),
+        pytest.param(410, {}, 410, "withdrawn or deleted", id="410"),
+        pytest.param(429, {"Retry-After": "30"}, 429, "Try again in 30 seconds", id="429"),
+        pytest.param(503, {}, 502, "error (HTTP 503)", id="5xx"),
+    ],
+)
+async def test_archive_errors_are_clear(archives, status, headers, code, message):
+    record = str(5300 + status)
+    archives.zenodo_record(record, {"a.txt": b"a"})
+    archives.zenodo.route(f"/records/{record}", status=status, headers=headers, body=b"no")
+    with pytest.raises(SpecError) as e:
+        await policy_for(archives).resolve(policy_for(archives).parse(f"10.5281/zenodo.{record}"))
+    assert e.value.status_code == code and message in e.value.message
+
+
+async def test_unknown_doi_is_not_found(archives):
+    with pytest.raises(SpecError) as e:
+        policy = policy_for(archives)
+        await policy.resolve(policy.parse("10.5281/zenodo.404404"))
+    assert e.value.status_code == 404 and "not found" in e.value.message
+
+
+async def test_doi_leading_elsewhere_is_refused(archives):
+    archives.doi.redirect("/10.5281/zenodo.5400", archives.figshare.url + "/records/5400")
+    archives.figshare.route("/records/5400", body=b"page")
+    with pytest.raises(SpecError) as e:
+        policy = policy_for(archives)
+        await policy.resolve(policy.parse("10.5281/zenodo.5400"))
+    assert "does not lead to a Zenodo record" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "location, message",
+    [
+        pytest.param(
+            "http://127.0.0.2:{port}/records/1", "loopback address", id="loopback-literal"
+        ),
+        pytest.param("http://0x7f.1:1/records/1", "loopback address", id="hex-loopback"),
+        pytest.param("http://10.0.0.1/records/1", "private address", id="private"),
+        pytest.param("http://169.254.169.254/latest/", "link-local", id="metadata"),
+        pytest.param("http://localhost:{port}/records/1", "this machine", id="localhost"),
+        pytest.param("file:///etc/passwd", "URLs are followed", id="file-scheme"),
+        pytest.param("http://user:pw@zenodo.org/records/1", "user name or password", id="creds"),
+    ],
+)
+async def test_every_redirect_hop_is_checked(archives, location, message):
+    """The DOI resolver's answer is a stranger's URL: checked as a repository URL would be."""
+    doi = f"10.5281/zenodo.55{zlib.crc32(location.encode()) % 1000}"
+    archives.doi.redirect(f"/{doi}", location.format(port=archives.zenodo.url.rsplit(":", 1)[1]))
+    policy = policy_for(archives)
+    with pytest.raises(SpecError) as e:
+        await policy.resolve(policy.parse(doi))
+    assert message in e.value.message
+    assert e.value.status_code in (403, 502)
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused(archives):
+    """The address check happens at connection time, on what DNS answered (no rebinding)."""
+    name = socket.gethostname()
+    addresses = {info[4][0] for info in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
+    assert addresses and not any(ipaddress.ip_address(a).is_global for a in addresses)
+    port = archives.zenodo.url.rsplit(":", 1)[1]
+    archives.doi.redirect("/10.5281/zenodo.5600", f"http://{name}:{port}/records/5600")
+    policy = policy_for(archives)
+    with pytest.raises(SpecError) as e:
+        await policy.resolve(policy.parse("10.5281/zenodo.5600"))
+    assert "resolves to a" in e.value.message and e.value.status_code == 403
+    # the same name, trusted by the admin, is contacted (and is not Zenodo's host)
+    trusted = policy_for(
+        archives, allowed_hosts=[*archives.policy_config()["allowed_hosts"], f"{name}:{port}"]
+    )
+    archives.zenodo.route("/records/5600", body=b"page")
+    with pytest.raises(SpecError) as e:
+        await trusted.resolve(trusted.parse("10.5281/zenodo.5600"))
+    assert "does not lead to a Zenodo record" in e.value.message
+
+
+async def test_too_many_redirects(archives):
+    archives.doi.redirect("/10.5281/zenodo.5700", "/10.5281/zenodo.5700")
+    policy = policy_for(archives)
+    with pytest.raises(SpecError) as e:
+        await policy.resolve(policy.parse("10.5281/zenodo.5700"))
+    assert "too many times" in e.value.message
+
+
+# -- downloads -----------------------------------------------------------------------
+
+
+async def download(policy, link):
+    spec = await policy.resolve(policy.parse(link))
+    dest = tempfile.mkdtemp()
+    lines = []
+    await asyncio.to_thread(
+        policy.download_record, spec.provider, spec.resolution, dest, lines.append
+    )
+    return dest, lines
+
+
+def tree(path):
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, path)] = f.read()
+    return found
+
+
+async def test_zenodo_files_are_downloaded_and_checked(archives):
+    files = {"requirements.txt": b"six\n", "data/values.csv": b"1,2\n"}
+    archives.zenodo_record("6100", files)
+    dest, lines = await download(policy_for(archives), "10.5281/zenodo.6100")
+    assert tree(dest) == files
+    assert "Downloading data/values.csv (4 bytes)" in lines
+
+
+async def test_a_single_zip_is_unpacked_and_its_top_folder_flattened(archives):
+    archive = zip_bytes({"repo-main/requirements.txt": b"six\n", "repo-main/repo-main": b"same"})
+    archives.figshare_article("6200", {1: {"repo.zip": archive}})
+    dest, lines = await download(policy_for(archives), "10.6084/m9.figshare.6200.v1")
+    # the link-only file of the listing is not downloaded; the zip is gone, its folder flattened
+    assert tree(dest) == {"requirements.txt": b"six\n", "repo-main": b"same"}
+    assert archives.storage.hits  # downloads went through Figshare's redirect to storage
+
+
+async def test_checksum_mismatch_is_refused(archives):
+    archives.zenodo_record("6300", {"a.txt": b"real"}, checksums={"a.txt": "md5:" + md5(b"fake")})
+    with pytest.raises(ArchiveError) as e:
+        await download(policy_for(archives), "10.5281/zenodo.6300")
+    assert "does not match the archive's md5 checksum" in e.value.message
+
+
+async def test_oversized_record_is_refused_before_downloading(archives):
+    archives.zenodo_record("6400", {"big.bin": 3 * 1024**2})
+    policy = policy_for(archives, archive_max_bytes=1024**2)
+    with pytest.raises(ArchiveError) as e:
+        await download(policy, "10.5281/zenodo.6400")
+    assert e.value.status_code == 413
+    assert "has 3 MB of files, more than the 1 MB this hub downloads" in e.value.message
+    assert archives.zenodo.hits["/api/records/6400/files/big.bin/content"] == 0
+
+
+async def test_download_larger_than_listed_is_stopped(archives):
+    """A listing that lies about sizes: the stream is cut at the cap."""
+    archives.zenodo_record("6500", {"big.bin": 8 * 1024**2}, sizes={"big.bin": 10})
+    policy = policy_for(archives, archive_max_bytes=1024**2)
+    with pytest.raises(ArchiveError) as e:
+        await download(policy, "10.5281/zenodo.6500")
+    assert e.value.status_code == 413 and "larger than the 1 MB" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        pytest.param({"../evil.txt": b"x"}, "leads outside its folder", id="dotdot"),
+        pytest.param({"a/../../evil.txt": b"x"}, "leads outside its folder", id="inner-dotdot"),
+        pytest.param({"/etc/evil": b"x"}, "absolute path", id="absolute"),
+        pytest.param({"link": ("link", "/etc/passwd")}, "holds a link", id="symlink"),
+        pytest.param({"a\\..\\b": b"x"}, "not allowed", id="backslash"),
+    ],
+)
+async def test_malicious_zips_are_refused_whole(archives, entries, message):
+    record = str(6600 + zlib.crc32(repr(entries).encode()) % 300)
+    archives.zenodo_record(record, {"r.zip": zip_bytes({"ok.txt": b"ok", **entries})})
+    with pytest.raises(ArchiveError) as e:
+        spec_dir = await download(policy_for(archives), f"10.5281/zenodo.{record}")
+        pytest.fail(f"unpacked: {spec_dir}")
+    assert message in e.value.message
+
+
+async def test_zip_bomb_is_refused(archives):
+    bomb = zip_bytes({"zeros.bin": b"\0" * (64 * 1024**2)})
+    assert len(bomb) < 200 * 1024
+    archives.zenodo_record("6950", {"bomb.zip": bomb})
+    policy = policy_for(archives, archive_max_unpacked_bytes=16 * 1024**2)
+    with pytest.raises(ArchiveError) as e:
+        await download(policy, "10.5281/zenodo.6950")
+    assert e.value.status_code == 413 and "unpacks to 64 MB" in e.value.message
+
+
+async def test_file_names_from_the_listing_cannot_escape(archives):
+    archives.zenodo_record("6960", {"ok.txt": b"ok"})
+    archives.zenodo.route(
+        "/api/records/6960/files",
+        json_body={
+            "entries": [
+                {
+                    "key": "../../escape.txt",
+                    "size": 1,
+                    "links": {"content": archives.zenodo.url + "/x"},
+                }
+            ]
+        },
+    )
+    with pytest.raises(ArchiveError) as e:
+        await download(policy_for(archives), "10.5281/zenodo.6960")
+    assert "leads outside its folder" in e.value.message
