@@ -137,10 +137,11 @@ def check_zip(zf, max_files, max_bytes):
     return infos
 
 
-def extract_zip(dir_fd, name, *, max_files, max_bytes):
+def extract_zip(dir_fd, name, *, max_files, max_bytes, only=None):
     """Unpack the zip ``name`` (a file in ``dir_fd``) into ``dir_fd``, then remove it.
 
-    Returns (files, bytes) written.
+    ``only``: a folder prefix (``"<id>/data/contents/"``): only entries below
+    it are unpacked, without it (HydroShare bags). Returns (files, bytes) written.
     """
     parts = safe_parts(name)
     parent = _subdir(dir_fd, parts[:-1])
@@ -152,18 +153,23 @@ def extract_zip(dir_fd, name, *, max_files, max_bytes):
             except (zipfile.BadZipFile, ValueError):
                 raise ArchiveError(f"The record's file {name!r} is not a valid zip.", 422) from None
             with zf:
-                written = _extract(zf, dir_fd, name, max_files, max_bytes)
+                written = _extract(zf, dir_fd, name, max_files, max_bytes, only)
         os.unlink(parts[-1], dir_fd=parent)
     finally:
         os.close(parent)
     return written
 
 
-def _extract(zf, dir_fd, name, max_files, max_bytes):
+def _extract(zf, dir_fd, name, max_files, max_bytes, only=None):
     infos = check_zip(zf, max_files, max_bytes)
     total = files = 0
     for info in infos:
         parts = safe_parts(info.filename)
+        if only is not None:
+            prefix = only.strip("/").split("/")
+            if parts[: len(prefix)] != prefix or len(parts) == len(prefix):
+                continue
+            parts = parts[len(prefix) :]
         if info.is_dir():
             os.close(_subdir(dir_fd, parts))
             continue

@@ -90,6 +90,10 @@ class Answer:
 
 def status_error(code, what, retry_after=None):
     """The refusal for an archive's HTTP error ``code``; ``what`` names the thing asked."""
+    if code == 202:
+        return ArchiveError(
+            f"The archive is still preparing the download ({what}). Try again in a minute.", 503
+        )
     if code == 404:
         return ArchiveError(f"{what} was not found. Check the DOI or link.", 404)
     if code == 410:

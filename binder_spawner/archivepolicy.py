@@ -13,8 +13,10 @@ so the network rules of git URLs (``allow_http``, ``allowed_hosts``,
 """
 
 import asyncio
+import dataclasses
 import hashlib
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import Dict, Float, Integer, List, Unicode, validate
@@ -25,8 +27,12 @@ from .archivenet import ArchiveClient, url_hosts
 from .archives import (
     ARCHIVE_PROVIDERS,
     ArchiveError,
+    DataverseProvider,
     FigshareProvider,
+    HydroshareProvider,
+    RecordFile,
     ZenodoProvider,
+    dataverse_files,
     figshare_files,
     zenodo_files,
 )
@@ -35,7 +41,33 @@ from .archives import (
 DEFAULT_ARCHIVE_HOSTS = {
     "zenodo": ["zenodo.org", "www.zenodo.org", "sandbox.zenodo.org"],
     "figshare": ["figshare.com", "api.figshare.com"],
+    # Dataverse installations (a selection of the registry repo2docker reads,
+    # https://iqss.github.io/dataverse-installations/data/data.json)
+    "dataverse": [
+        "dataverse.harvard.edu",
+        "demo.dataverse.org",
+        "dataverse.nl",
+        "data.qdr.syr.edu",
+        "borealisdata.ca",
+        "dataverse.no",
+        "recherche.data.gouv.fr",
+        "data.cimmyt.org",
+        "dataverse.unc.edu",
+        "researchdata.ntu.edu.sg",
+        "dataverse.iit.it",
+        "darus.uni-stuttgart.de",
+        "heidata.uni-heidelberg.de",
+        "edmond.mpg.de",
+        "data.aussda.at",
+        "dvn.fudan.edu.cn",
+        "dataverse.ird.fr",
+        "entrepot.recherche.data.gouv.fr",
+    ],
+    "hydroshare": ["www.hydroshare.org", "hydroshare.org"],
 }
+
+#: Files asked per page of a Dataverse file list.
+DATAVERSE_PAGE = 1000
 
 
 def _megabytes(size):
@@ -73,7 +105,9 @@ class ArchivePolicy(LoggingConfigurable):
         as that provider's, and its API is asked there. Missing providers keep
         their defaults (mybinder.org's): ``zenodo``: zenodo.org,
         www.zenodo.org, sandbox.zenodo.org; ``figshare``: figshare.com,
-        api.figshare.com. File downloads may be redirected to any host that
+        api.figshare.com; ``dataverse``: the Dataverse installations whose
+        datasets may be launched (dataverse.harvard.edu and other large
+        public ones; a DOI of any other installation is refused). File downloads may be redirected to any host that
         passes the network rules (archives keep files on storage services).
         A host on a private network must also be in :attr:`allowed_hosts`.
 
@@ -90,6 +124,20 @@ class ArchivePolicy(LoggingConfigurable):
         ``https://api.figshare.com/v2``.
 
         Example: ``c.RepoPolicy.figshare_api_url = "https://api.figshare.example.org/v2"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    hydroshare_url = Unicode(
+        "https://www.hydroshare.org",
+        help="""
+        HydroShare's site and API (resource metadata, bags). Default
+        ``https://www.hydroshare.org``. The repository URL of a resource
+        (``BINDER_REPO_URL``, repo2docker's argument) stays BinderHub's
+        ``https://www.hydroshare.org/resource/<id>``.
+
+        Example: ``c.RepoPolicy.hydroshare_url = "https://hydroshare.example.org"``
 
         .. versionadded:: 0.3
         """,
@@ -143,7 +191,7 @@ class ArchivePolicy(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    @validate("doi_resolver_url", "figshare_api_url")
+    @validate("doi_resolver_url", "figshare_api_url", "hydroshare_url")
     def _validate_base_url(self, proposal):
         value = proposal.value.rstrip("/")
         if not value.startswith(("https://", "http://")):
@@ -168,9 +216,11 @@ class ArchivePolicy(LoggingConfigurable):
         return None
 
     def _api_hosts(self, provider):
-        hosts = {(h, p if p is not None else None) for h, p in self.archive_host_set(provider)}
+        hosts = set(self.archive_host_set(provider))
         if provider == "figshare":
             hosts |= url_hosts([self.figshare_api_url])
+        if provider == "hydroshare":
+            hosts |= url_hosts([self.hydroshare_url])
         return hosts
 
     def _client(self):
@@ -190,6 +240,10 @@ class ArchivePolicy(LoggingConfigurable):
                 return await self._resolve_zenodo(client, spec.repo_url)
             if spec.provider == "figshare":
                 return await self._resolve_figshare(client, spec.repo_url)
+            if spec.provider == "dataverse":
+                return await self._resolve_dataverse(client, spec.repo_url)
+            if spec.provider == "hydroshare":
+                return await self._resolve_hydroshare(client, spec.spec.partition("/")[2])
         finally:
             client.close()
         raise ArchiveError(f"Unknown archive provider {spec.provider}.", 400)
@@ -226,6 +280,30 @@ class ArchivePolicy(LoggingConfigurable):
             version = FigshareProvider.latest_version(answer.json("Figshare"))
         return FigshareProvider.resolution(doi, article, version, self.figshare_api_url)
 
+    async def _resolve_dataverse(self, client, doi):
+        # BinderHub DataverseProvider.get_resolved_ref: the page the DOI leads to,
+        # its path replaced by /api/datasets/:persistentId (the query names the dataset)
+        answer = await self._landing(client, "dataverse", doi)
+        parts = urlsplit(answer.url)
+        query = parts.query if "persistentId=" in parts.query else f"persistentId=doi:{doi}"
+        search = urlunsplit((parts.scheme, parts.netloc, "/api/datasets/:persistentId", query, ""))
+        dataset = await client.get(
+            search, f"The Dataverse dataset {doi}", hosts=self._api_hosts("dataverse")
+        )
+        resolution = DataverseProvider.resolution(dataset.json("Dataverse"))
+        return dataclasses.replace(resolution, api_base=f"{parts.scheme}://{parts.netloc}")
+
+    async def _resolve_hydroshare(self, client, resource_id):
+        # BinderHub HydroshareProvider.get_resolved_ref: the "modified" date of the
+        # resource's science metadata
+        answer = await client.get(
+            f"{self.hydroshare_url}/hsapi/resource/{resource_id}/scimeta/elements",
+            f"The HydroShare resource {resource_id}",
+            hosts=self._api_hosts("hydroshare"),
+        )
+        resolution = HydroshareProvider.resolution(resource_id, answer.json("HydroShare"))
+        return dataclasses.replace(resolution, api_base=self.hydroshare_url)
+
     # -- files (local mode) -------------------------------------------------------
 
     async def record_files(self, client, provider, resolution):
@@ -251,7 +329,43 @@ class ArchivePolicy(LoggingConfigurable):
                 hosts=self._api_hosts("figshare"),
             )
             return figshare_files(answer.json("Figshare"))
+        if provider == "dataverse":
+            return await self._dataverse_files(client, resolution)
+        if provider == "hydroshare":
+            # the resource's bag: a zip whose files are under <id>/data/contents/
+            resource_id = resolution.version.partition(".v")[0]
+            return [
+                RecordFile(
+                    name=f"{resource_id}.zip",
+                    url=f"{resolution.api_base}/hsapi/resource/{resource_id}/",
+                )
+            ]
         raise ArchiveError(f"Unknown archive provider {provider}.", 400)
+
+    async def _dataverse_files(self, client, resolution):
+        """Every file of exactly the resolved version, page by page (``limit``/``offset``)."""
+        dataset_id, _, version = resolution.version.partition(".v")
+        what = f"The Dataverse dataset {resolution.resolved_spec}"
+        files = []
+        while True:
+            answer = await client.get(
+                f"{resolution.api_base}/api/datasets/{dataset_id}/versions/{version}/files"
+                f"?limit={DATAVERSE_PAGE}&offset={len(files)}",
+                what,
+                hosts=self._api_hosts("dataverse"),
+            )
+            body = answer.json("Dataverse")
+            page = dataverse_files(body, resolution.api_base)
+            files += page
+            total = body.get("totalCount")
+            if isinstance(total, int):
+                # Dataverse 6.1+: the server may send fewer than asked per page
+                if not page or len(files) >= total:
+                    return files
+            elif len(page) < DATAVERSE_PAGE:
+                return files
+            if len(files) > self.archive_max_files:
+                return files  # refused by the caller, with the count
 
     def download_record(self, provider, resolution, dest, emit):
         """Download a resolved record's files into ``dest``, unpack a lone zip (blocking).
@@ -281,11 +395,15 @@ class ArchivePolicy(LoggingConfigurable):
                 total += await self._download_file(client, dir_fd, record_file, total)
             if len(files) == 1 and archivefiles.is_zip(dir_fd, files[0].name):
                 emit(f"Unpacking {files[0].name}")
+                only = None
+                if provider == "hydroshare":
+                    only = resolution.version.partition(".v")[0] + "/data/contents/"
                 count, size = archivefiles.extract_zip(
                     dir_fd,
                     files[0].name,
                     max_files=self.archive_max_files,
                     max_bytes=self.archive_max_unpacked_bytes,
+                    only=only,
                 )
                 archivefiles.flatten_single_directory(dir_fd)
                 emit(f"Unpacked {count} files ({_size_text(size)})")

@@ -25,7 +25,10 @@ This module only reads specs, links and API answers; the network side is
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote, urlsplit
+
+import escapism
 
 from .providers import Provider, RepoRef, SpecError
 
@@ -131,9 +134,9 @@ class ArchiveProvider(Provider):
         self.check_doi(doi)
         return self.make(doi)
 
-    def from_record_url(self, host, path):
-        """A record's web page on one of the provider's hosts -> ArchiveRef, or None."""
-        return None
+    def from_record_url(self, host, path, query=""):
+        """A record's web page on one of the provider's hosts -> ArchiveRef."""
+        raise SpecError(f"This {self.display_name} link does not point to a record.")
 
 
 class ZenodoProvider(ArchiveProvider):
@@ -143,7 +146,7 @@ class ZenodoProvider(ArchiveProvider):
     example = "10.5281/zenodo.3242074"
     _RECORD_PATH = re.compile(r"^/(?:record|records)/(\d{1,20})/?$")
 
-    def from_record_url(self, host, path):
+    def from_record_url(self, host, path, query=""):
         match = self._RECORD_PATH.match(path)
         if not match:
             raise SpecError("This Zenodo link does not point to a record.")
@@ -204,7 +207,7 @@ class FigshareProvider(ArchiveProvider):
             raise SpecError("A Figshare DOI ends in the article number, like m9.figshare.9782777.")
         return article, version
 
-    def from_record_url(self, host, path):
+    def from_record_url(self, host, path, query=""):
         match = self._ARTICLE_PATH.match(path)
         if not match:
             raise SpecError("This Figshare link does not point to an article.")
@@ -237,8 +240,151 @@ class FigshareProvider(ArchiveProvider):
         return str(max(numbers))
 
 
+class DataverseProvider(ArchiveProvider):
+    name = "dataverse"
+    display_name = "Dataverse"
+    binderhub_name = "Dataverse"
+    example = "10.7910/DVN/TJCLKP"
+
+    def from_record_url(self, host, path, query=""):
+        """``/dataset.xhtml?persistentId=doi:...`` or ``/citation?persistentId=doi:...``."""
+        if path.rstrip("/") in ("/dataset.xhtml", "/citation"):
+            for part in query.split("&"):
+                key, _, value = part.partition("=")
+                if key == "persistentId":
+                    doi = bare_doi(unquote(value))
+                    if doi is not None:
+                        return self.make(doi)
+        raise SpecError(
+            "This Dataverse link does not point to a dataset: use its DOI, "
+            'or a ".../dataset.xhtml?persistentId=doi:..." link.'
+        )
+
+    @staticmethod
+    def resolution(answer, ref_url_fallback=""):
+        """BinderHub's resolution from the dataset's ``/api/datasets/:persistentId`` answer.
+
+        ``DataverseProvider.get_resolved_ref`` (repoproviders.py b9fad99
+        L407-437): ref ``<data.id>.v<major>.<minor>`` of ``latestVersion``;
+        resolved spec ``<authority>/<identifier>``; ref URL ``persistentUrl``;
+        build slug ``dataverse-`` + the identifier escaped (``-`` escapes) and
+        lower-cased.
+        """
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if (
+            not isinstance(answer, dict)
+            or answer.get("status") != "OK"
+            or not isinstance(data, dict)
+        ):
+            raise ArchiveError("Dataverse answered in an unexpected form for this dataset.", 502)
+        latest = data.get("latestVersion") or {}
+        try:
+            fields = (
+                data["id"],
+                latest["versionNumber"],
+                latest["versionMinorNumber"],
+                data["identifier"],
+                data["authority"],
+            )
+        except (KeyError, TypeError):
+            raise ArchiveError("This Dataverse dataset has no published version.", 404) from None
+        dataset_id, major, minor, identifier, authority = fields
+        if not all(isinstance(v, int) for v in (dataset_id, major, minor)) or not all(
+            isinstance(v, str) and v for v in (identifier, authority)
+        ):
+            raise ArchiveError("Dataverse answered in an unexpected form for this dataset.", 502)
+        version = check_version(f"{dataset_id}.v{major}.{minor}", "dataset version")
+        return Resolution(
+            version=version,
+            resolved_spec=f"{authority}/{identifier}",
+            build_slug="dataverse-" + escapism.escape(identifier, escape_char="-").lower(),
+            ref_url=data.get("persistentUrl") or ref_url_fallback,
+        )
+
+
+class HydroshareProvider(ArchiveProvider):
+    """HydroShare resources: the spec is (or holds) the 32-hex resource id, not a DOI.
+
+    BinderHub (repoproviders.py b9fad99 L441-500) reads the first 32 hex
+    digits anywhere in the spec; the repository URL (repo2docker's argument,
+    ``BINDER_REPO_URL``, also the resolved spec and the ref URL) is
+    ``https://www.hydroshare.org/resource/<id>``; the resolved ref is
+    ``<id>.v<epoch of the resource's "modified" date>``, the build slug
+    ``hydroshare-<ref>``.
+    """
+
+    name = "hydroshare"
+    display_name = "HydroShare"
+    binderhub_name = "Hydroshare"
+    example = "8f7c2f0341ef4180b0dbe97f59130756"
+    _ID = re.compile(r"([0-9a-f]{32})")
+    #: BinderHub's repository URL of a resource, whatever the configured API
+    WEB_URL = "https://www.hydroshare.org/resource/"
+
+    def make(self, resource_id):
+        return ArchiveRef(
+            provider=self.name,
+            repo=resource_id,
+            ref="",
+            repo_url=self.WEB_URL + resource_id,
+            build_slug="",
+            key=f"{self.name}/{resource_id}",
+            spec_ref="",
+        )
+
+    def from_spec(self, rest, base_url=""):
+        match = self._ID.search(unquote(rest)) if len(rest) < 512 else None
+        if match is None:
+            raise SpecError(
+                'A HydroShare spec looks like "hydroshare/<resource id>", '
+                f'e.g. "hydroshare/{self.example}".'
+            )
+        return self.make(match[1])
+
+    def from_record_url(self, host, path, query=""):
+        match = re.match(r"^/resource/([0-9a-f]{32})/?$", path)
+        if not match:
+            raise SpecError("This HydroShare link does not point to a resource.")
+        return self.make(match[1])
+
+    @classmethod
+    def resolution(cls, resource_id, elements):
+        """From ``/hsapi/resource/<id>/scimeta/elements``: the ``modified`` date, as BinderHub."""
+        dates = elements.get("dates") if isinstance(elements, dict) else None
+        modified = None
+        for item in dates if isinstance(dates, list) else []:
+            if isinstance(item, dict) and item.get("type") == "modified":
+                modified = item.get("start_date")
+                break
+        if not isinstance(modified, str):
+            raise ArchiveError("HydroShare gave no modification date for this resource.", 502)
+        epoch = _epoch(modified.split(".")[0], "%Y-%m-%dT%H:%M:%S", "HydroShare")
+        version = check_version(f"{resource_id}.v{epoch}", "resource version")
+        url = cls.WEB_URL + resource_id
+        return Resolution(
+            version=version,
+            resolved_spec=url,
+            build_slug=f"hydroshare-{version}",
+            ref_url=url,
+        )
+
+
+def _epoch(text, form, archive):
+    """Seconds since 1970 of a UTC date in ``form`` (BinderHub truncates to whole seconds)."""
+    try:
+        parsed = datetime.strptime(text, form)
+    except ValueError:
+        raise ArchiveError(
+            f"{archive} gave a date this hub cannot read: {text[:40]!r}.", 502
+        ) from None
+    return str(int(parsed.replace(tzinfo=timezone(timedelta(0))).timestamp()))
+
+
 #: Provider prefix -> archive provider.
-ARCHIVE_PROVIDERS = {p.name: p for p in (ZenodoProvider(), FigshareProvider())}
+ARCHIVE_PROVIDERS = {
+    p.name: p
+    for p in (ZenodoProvider(), FigshareProvider(), DataverseProvider(), HydroshareProvider())
+}
 
 #: BinderHub's provider names (launch events, metrics) of the archive providers.
 BINDERHUB_NAMES = {p.name: p.binderhub_name for p in ARCHIVE_PROVIDERS.values()}
@@ -259,6 +405,10 @@ def provider_for_doi(doi):
         return "zenodo"
     if ".figshare." in lowered:
         return "figshare"
+    if lowered.startswith("10.7910/dvn/"):
+        return "dataverse"  # Harvard Dataverse; other installations: dataverse/<DOI>
+    if lowered.startswith("10.4211/hs."):
+        return "hydroshare"
     return None
 
 
@@ -272,8 +422,10 @@ def _checksum(value):
     algorithm, _, digest = value.partition(":")
     if not digest:
         algorithm, digest = "md5", value
-    algorithm = algorithm.lower()
-    if algorithm not in ("md5", "sha256", "sha1") or not re.match(r"^[0-9a-fA-F]+$", digest):
+    algorithm = algorithm.lower().replace("-", "")
+    if algorithm not in ("md5", "sha1", "sha256", "sha512") or not re.match(
+        r"^[0-9a-fA-F]+$", digest
+    ):
         return None
     return algorithm, digest.lower()
 
@@ -333,6 +485,48 @@ def figshare_files(article):
                 url=url,
                 size=_size(entry.get("size")),
                 checksum=_checksum(entry.get("computed_md5") or entry.get("supplied_md5")),
+            )
+        )
+    return files
+
+
+def dataverse_files(answer, base_url):
+    """One page of ``/api/datasets/<id>/versions/<v>/files`` -> [RecordFile].
+
+    Each entry has ``label``, ``directoryLabel`` (optional) and ``dataFile``
+    with ``id``, ``filesize``, ``checksum`` (``{"type": "MD5", "value"}``) and,
+    for ingested tabular files, ``originalFileName``/``originalFileSize``:
+    those are downloaded in their original format (``?format=original``, as
+    repo2docker does), so their checksum and size are the original's.
+    """
+    entries = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(entries, list):
+        raise ArchiveError("Dataverse answered the dataset's file list in an unexpected form.", 502)
+    files = []
+    for entry in entries:
+        data_file = entry.get("dataFile") if isinstance(entry, dict) else None
+        if not isinstance(data_file, dict) or not isinstance(data_file.get("id"), int):
+            raise ArchiveError("Dataverse listed a file without an id.", 502)
+        original = data_file.get("originalFileName")
+        name = original or entry.get("label")
+        if not isinstance(name, str):
+            raise ArchiveError("Dataverse listed a file without a name.", 502)
+        folder = entry.get("directoryLabel") or ""
+        if not isinstance(folder, str):
+            raise ArchiveError("Dataverse listed a file in an unreadable folder.", 502)
+        checksum = data_file.get("checksum") or {}
+        digest = None
+        if isinstance(checksum, dict) and isinstance(checksum.get("type"), str):
+            digest = _checksum(f"{checksum['type']}:{checksum.get('value')}")
+        elif data_file.get("md5"):
+            digest = _checksum(data_file.get("md5"))
+        size = _size(data_file.get("originalFileSize") if original else data_file.get("filesize"))
+        files.append(
+            RecordFile(
+                name=f"{folder.strip('/')}/{name}" if folder.strip("/") else name,
+                url=f"{base_url}/api/access/datafile/{data_file['id']}?format=original",
+                size=size,
+                checksum=digest,
             )
         )
     return files

@@ -208,7 +208,7 @@ def _options_applied_in_start(spawner, user_options):
 
 LAUNCH_FORM_TEMPLATE = """
 <div class="form-group">
-  <label for="binder-repo">Repository URL, spec, or the DOI of a Zenodo or Figshare record</label>
+  <label for="binder-repo">Repository URL or spec, a record&#39;s DOI (Zenodo, Figshare, Dataverse) or a HydroShare resource</label>
   <input type="text" class="form-control" id="binder-repo" name="repo" required
     placeholder="https://github.com/org/repo, gh/org/repo/main or 10.5281/zenodo.3242074" value="{repo}">
 </div>

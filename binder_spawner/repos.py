@@ -205,12 +205,12 @@ class RepoPolicy(ArchivePolicy, RefResolver):
 
     allowed_providers = Set(
         Unicode(),
-        default_value={"gh", "gl", "git", "gist", "zenodo", "figshare"},
+        default_value={"gh", "gl", "git", "gist", "zenodo", "figshare", "dataverse", "hydroshare"},
         help="""
         Provider prefixes users may launch from: ``gh`` (GitHub), ``gl``
-        (GitLab), ``git`` (any git URL), ``gist`` (GitHub gists), ``zenodo``
-        and ``figshare`` (records in those archives, by DOI). Default: all six,
-        as on mybinder.org.
+        (GitLab), ``git`` (any git URL), ``gist`` (GitHub gists), ``zenodo``,
+        ``figshare``, ``dataverse`` (records in those archives, by DOI) and
+        ``hydroshare`` (resources, by id). Default: all eight, as on mybinder.org.
 
         Example: ``c.RepoPolicy.allowed_providers = {"gh", "gl"}``
 
@@ -538,7 +538,8 @@ class RepoPolicy(ArchivePolicy, RefResolver):
                 return self._normalised(repo), query
         archive = self.archive_provider_for_host(parts.host, parts.port)
         if archive is not None:
-            return ARCHIVE_PROVIDERS[archive].from_record_url(parts.host, parts.path), query
+            provider = ARCHIVE_PROVIDERS[archive]
+            return provider.from_record_url(parts.host, parts.path, parts.query), query
         return PROVIDERS["git"].make(url, ""), query
 
     @staticmethod

@@ -28,6 +28,7 @@ import json
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 
 class ArchiveServer:
@@ -77,10 +78,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         self.state.hits[path] += 1
-        status, headers, body, size = self.state.routes.get(
-            path, (404, {"Content-Type": "text/plain"}, b"not found", None)
+        answer = self.state.routes.get(self.path) or self.state.routes.get(path)
+        if callable(answer):
+            answer = answer(parse_qs(query))
+        status, headers, body, size = answer or (
+            404,
+            {"Content-Type": "text/plain"},
+            b"not found",
+            None,
         )
         self.send_response(status)
         for key, value in headers.items():
@@ -127,15 +134,28 @@ class Archives:
         self.figshare = ArchiveServer().start()
         self.figshare_api = ArchiveServer().start()
         self.storage = ArchiveServer().start()
+        self.dataverse = ArchiveServer().start()
+        self.hydroshare = ArchiveServer().start()
         self._next_file = 1000
 
     def stop(self):
-        for server in (self.doi, self.zenodo, self.figshare, self.figshare_api, self.storage):
+        for server in self._servers():
             server.stop()
+
+    def _servers(self):
+        return (
+            self.doi,
+            self.zenodo,
+            self.figshare,
+            self.figshare_api,
+            self.storage,
+            self.dataverse,
+            self.hydroshare,
+        )
 
     def policy_config(self):
         """``c.RepoPolicy`` settings that point a hub at these servers."""
-        servers = (self.doi, self.zenodo, self.figshare, self.figshare_api, self.storage)
+        servers = self._servers()
         return {
             "allow_http": True,
             "allowed_hosts": [s.hostport for s in servers],
@@ -144,7 +164,10 @@ class Archives:
             "archive_hosts": {
                 "zenodo": [self.zenodo.hostport],
                 "figshare": [self.figshare.hostport, self.figshare_api.hostport],
+                "dataverse": [self.dataverse.hostport],
+                "hydroshare": [self.hydroshare.hostport],
             },
+            "hydroshare_url": self.hydroshare.url,
         }
 
     # -- Zenodo ---------------------------------------------------------------
@@ -257,3 +280,97 @@ class Archives:
             )
         self.figshare_api.route(f"/v2/articles/{article_id}/versions", json_body=listing)
         return doi
+
+    # -- Dataverse ------------------------------------------------------------
+
+    def dataverse_dataset(self, doi, dataset_id, version, files, *, page_limit=2):
+        """Publish a dataset of ``files`` ({name: bytes}; "dir/name" puts it in a folder).
+
+        The DOI leads to ``/citation?persistentId=doi:<DOI>`` (as Harvard's do);
+        ``/api/datasets/:persistentId`` answers the dataset, its version's file
+        list is paginated (``limit``/``offset``, at most ``page_limit`` files
+        per page whatever is asked, with ``totalCount``), files are served by
+        ``/api/access/datafile/<id>``. ``version``: (major, minor).
+        """
+        dv = self.dataverse
+        self.doi.redirect(f"/{doi}", f"{dv.url}/citation?persistentId=doi:{doi}")
+        dv.route("/citation", body=b"<html>dataset</html>")
+        authority, _, identifier = doi.partition("/")
+        dv.route(
+            f"/api/datasets/:persistentId?persistentId=doi:{doi}",
+            json_body={
+                "status": "OK",
+                "data": {
+                    "id": dataset_id,
+                    "identifier": identifier,
+                    "authority": authority,
+                    "protocol": "doi",
+                    "persistentUrl": f"https://doi.org/{doi}",
+                    "latestVersion": {
+                        "versionNumber": version[0],
+                        "versionMinorNumber": version[1],
+                        "versionState": "RELEASED",
+                    },
+                },
+            },
+        )
+        entries = []
+        for name, data in files.items():
+            self._next_file += 1
+            folder, _, label = name.rpartition("/")
+            entry = {
+                "label": label,
+                "restricted": False,
+                "dataFile": {
+                    "id": self._next_file,
+                    "filename": label,
+                    "filesize": len(data),
+                    "checksum": {"type": "MD5", "value": md5(data)},
+                },
+            }
+            if folder:
+                entry["directoryLabel"] = folder
+            entries.append(entry)
+            dv.route(f"/api/access/datafile/{self._next_file}", body=data)
+
+        def file_page(query):
+            limit = min(int(query.get("limit", ["1000"])[0]), page_limit)
+            offset = int(query.get("offset", ["0"])[0])
+            body = {
+                "status": "OK",
+                "data": entries[offset : offset + limit],
+                "totalCount": len(entries),
+            }
+            return 200, {"Content-Type": "application/json"}, json.dumps(body).encode(), None
+
+        dv.routes[f"/api/datasets/{dataset_id}/versions/{version[0]}.{version[1]}/files"] = (
+            file_page
+        )
+        return doi
+
+    # -- HydroShare -------------------------------------------------------------
+
+    def hydroshare_resource(self, resource_id, files, modified="2019-09-24T16:53:36.278153Z"):
+        """Publish a resource: its science metadata (with the "modified" date) and its bag.
+
+        The bag is a zip with BagIt's files and the resource's files under
+        ``<id>/data/contents/``, as HydroShare's ``/hsapi/resource/<id>/`` sends it.
+        """
+        hs = self.hydroshare
+        hs.route(f"/resource/{resource_id}", body=b"<html>resource</html>")
+        hs.route(
+            f"/hsapi/resource/{resource_id}/scimeta/elements",
+            json_body={
+                "title": "A resource",
+                "dates": [
+                    {"type": "created", "start_date": "2019-01-01T00:00:00.000000Z"},
+                    {"type": "modified", "start_date": modified},
+                ],
+            },
+        )
+        bag = {f"{resource_id}/bagit.txt": b"BagIt-Version: 0.96\n"}
+        bag[f"{resource_id}/data/resourcemetadata.xml"] = b"<rdf/>"
+        for name, data in files.items():
+            bag[f"{resource_id}/data/contents/{name}"] = data
+        hs.route(f"/hsapi/resource/{resource_id}/", body=zip_bytes(bag))
+        return resource_id

@@ -25,6 +25,8 @@ from binder_spawner.repos import RepoPolicy, ResolveCache, SpecError
 
 from .archiveserver import Archives, md5, zip_bytes
 
+HS_ID = "8f7c2f0341ef4180b0dbe97f59130756"
+
 
 @pytest.fixture(scope="module")
 def archives():
@@ -81,13 +83,33 @@ def binderhub_image(build_slug, ref, prefix=""):
             "figshare/10.6084/m9.figshare.9784088",
             id="figshare-untyped-article",
         ),
+        pytest.param("10.7910/DVN/TJCLKP", "dataverse/10.7910/DVN/TJCLKP", id="harvard-doi"),
+        pytest.param("dataverse/10.34894/ABCDEF", "dataverse/10.34894/ABCDEF", id="dataverse-spec"),
+        pytest.param(
+            "https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/TJCLKP",
+            "dataverse/10.7910/DVN/TJCLKP",
+            id="dataverse-page",
+        ),
+        pytest.param(
+            "https://dataverse.harvard.edu/citation?persistentId=doi:10.7910/DVN/TJCLKP",
+            "dataverse/10.7910/DVN/TJCLKP",
+            id="dataverse-citation",
+        ),
+        pytest.param(f"hydroshare/{HS_ID}", f"hydroshare/{HS_ID}", id="hydroshare"),
+        pytest.param(
+            f"https://www.hydroshare.org/resource/{HS_ID}/", f"hydroshare/{HS_ID}", id="hs-page"
+        ),
+        pytest.param(f"10.4211/hs.{HS_ID}", f"hydroshare/{HS_ID}", id="hs-doi"),
     ],
 )
 def test_archive_links(link, spec):
     parsed = RepoPolicy().parse(link)
     assert parsed.spec == spec
     assert parsed.provider == spec.split("/", 1)[0]
-    assert parsed.repo_url == spec.split("/", 1)[1]  # BinderHub's get_repo_url: the DOI
+    if parsed.provider == "hydroshare":  # BinderHub's get_repo_url: the resource page
+        assert parsed.repo_url == f"https://www.hydroshare.org/resource/{HS_ID}"
+    else:  # BinderHub's get_repo_url: the DOI
+        assert parsed.repo_url == spec.split("/", 1)[1]
     assert parsed.ref == "" and parsed.commit is None
     assert parsed.repo_key == spec.lower()
 
@@ -103,6 +125,12 @@ def test_archive_links(link, spec):
         pytest.param("https://zenodo.org/communities/x", "does not point to a record", id="page"),
         pytest.param({"repo": "10.5281/zenodo.1", "ref": "main"}, "no branches", id="ref"),
         pytest.param("zenodo/10.5281/zenodo.1%0a", 'looks like "zenodo/<DOI>"', id="newline"),
+        pytest.param(
+            "https://dataverse.harvard.edu/dataverse/harvard",
+            "not point to a dataset",
+            id="dv-page",
+        ),
+        pytest.param("hydroshare/not-an-id", 'looks like "hydroshare/<resource id>"', id="hs"),
     ],
 )
 def test_bad_archive_links_are_refused(link, message):
@@ -146,6 +174,7 @@ async def test_resolution_image_and_build_argument_match_binderhub(archives):
     """
     concept = archives.zenodo_record("5100", {"a.txt": b"a"}, doi="10.5281/zenodo.5099")
     archives.figshare_article("7700", {1: {"a.txt": b"1"}, 3: {"a.txt": b"3"}})
+    archives.dataverse_dataset("10.7910/DVN/TJCLKP", 3035124, (3, 1), {"a.txt": b"a"})
     policy = policy_for(archives)
     table = [
         # (link, resolved ref, resolved spec, build slug, repo2docker argument)
@@ -172,11 +201,36 @@ async def test_resolution_image_and_build_argument_match_binderhub(archives):
             "10.6084/m9.figshare.7700.v1",
         ),
     ]
+    # Dataverse L389-439: "<data.id>.v<major>.<minor>" of latestVersion, resolved spec
+    # "<authority>/<identifier>", slug "dataverse-" + escapism.escape(identifier, "-").lower()
+    table.append(
+        (
+            "10.7910/DVN/TJCLKP",
+            "3035124.v3.1",
+            "10.7910/DVN/TJCLKP",
+            "dataverse-dvn-2ftjclkp",
+            "10.7910/DVN/TJCLKP",
+        )
+    )
+    # HydroShare L441-500: "<id>.v<epoch of the modified date, to the second>"; the
+    # repository URL is the resolved spec and the ref URL; slug "hydroshare-<ref>"
+    archives.hydroshare_resource(HS_ID, {"a.txt": b"a"})
+    page = f"https://www.hydroshare.org/resource/{HS_ID}"
+    table.append(
+        (
+            f"hydroshare/{HS_ID}",
+            f"{HS_ID}.v1569344016",
+            page,
+            f"hydroshare-{HS_ID}.v1569344016",
+            page,
+        )
+    )
     prefix = "registry.example.org/binder-"
     for link, ref, resolved, slug, argument in table:
         spec = await policy.resolve(policy.parse(link))
         assert (spec.commit, spec.resolved_spec, spec.build_slug) == (ref, resolved, slug), link
-        assert spec.ref_url == f"https://doi.org/{resolved}"  # get_resolved_ref_url
+        # get_resolved_ref_url: the DOI's page, Dataverse's persistentUrl, HydroShare's page
+        assert spec.ref_url in (f"https://doi.org/{resolved}", page), link
         image = image_name(spec, spec.commit, prefix=prefix)
         assert image == binderhub_image(slug, ref, prefix), link
         command = build.repo2docker_command(spec.repo_url, spec.commit, image)
@@ -186,6 +240,15 @@ async def test_resolution_image_and_build_argument_match_binderhub(archives):
         binderhub_image("zenodo-5100", "5100")
         == "zenodo-2d5100-" + hashlib.sha256(b"zenodo-5100").hexdigest()[:6] + ":5100"
     )
+
+
+async def test_dataverse_doi_of_another_installation_is_refused(archives):
+    archives.doi.redirect("/10.7910/DVN/OTHER", archives.zenodo.url + "/citation?persistentId=x")
+    archives.zenodo.route("/citation", body=b"page")
+    policy = policy_for(archives)
+    with pytest.raises(SpecError) as e:
+        await policy.resolve(policy.parse("10.7910/DVN/OTHER"))
+    assert "does not lead to a Dataverse record" in e.value.message
 
 
 async def test_resolution_is_cached_and_shared(archives):
@@ -404,3 +467,34 @@ async def test_file_names_from_the_listing_cannot_escape(archives):
     with pytest.raises(ArchiveError) as e:
         await download(policy_for(archives), "10.5281/zenodo.6960")
     assert "leads outside its folder" in e.value.message
+
+
+async def test_dataverse_files_come_page_by_page_with_their_folders(archives):
+    files = {f"code/part{i}.py": f"print({i})\n".encode() for i in range(5)}
+    files["requirements.txt"] = b"six\n"
+    archives.dataverse_dataset("10.7910/DVN/PAGES1", 4242, (1, 0), files)
+    dest, _ = await download(policy_for(archives), "10.7910/DVN/PAGES1")
+    assert tree(dest) == files
+    # six files, at most two per page: three pages
+    assert archives.dataverse.hits["/api/datasets/4242/versions/1.0/files"] == 3
+
+
+async def test_hydroshare_bag_contents_are_unpacked(archives):
+    resource = "0123456789abcdef0123456789abcdef"
+    files = {"requirements.txt": b"six\n", "notebooks/run.ipynb": b"{}"}
+    archives.hydroshare_resource(resource, files, modified="2023-05-02T10:11:12.5Z")
+    policy = policy_for(archives)
+    spec = await policy.resolve(policy.parse(f"hydroshare/{resource}"))
+    assert spec.commit == f"{resource}.v1683022272"
+    dest, lines = await download(policy, f"hydroshare/{resource}")
+    # only data/contents of the bag, without the BagIt files around it
+    assert tree(dest) == files
+
+
+async def test_bag_still_being_prepared(archives):
+    resource = "fedcba9876543210fedcba9876543210"
+    archives.hydroshare_resource(resource, {"a.txt": b"a"})
+    archives.hydroshare.route(f"/hsapi/resource/{resource}/", status=202, body=b"preparing")
+    with pytest.raises(ArchiveError) as e:
+        await download(policy_for(archives), f"hydroshare/{resource}")
+    assert e.value.status_code == 503 and "still preparing" in e.value.message
