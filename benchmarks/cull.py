@@ -26,11 +26,13 @@ import sys
 import tempfile
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from binder_service import utils  # noqa: E402
 from binder_service.app import BinderService  # noqa: E402
 from tests.hub import start_hub  # noqa: E402
 from tests.utils import free_port, poll  # noqa: E402
@@ -134,6 +136,7 @@ async def run(users, servers):
         """
         setup_started = time.perf_counter()
         hub = None
+        real_utcnow = utils.utcnow
         try:
             # a first start creates the database; users go in while the hub is down
             first = await start_hub(directory / "hub", textwrap.dedent(config))
@@ -143,21 +146,21 @@ async def run(users, servers):
             hub = await start_hub(directory / "hub", textwrap.dedent(config), timeout=300)
             started_servers = await start_servers(hub, names[:servers])
             setup = time.perf_counter() - setup_started
-            offset = directory / "offset"
-            offset.write_text("0")
+            # the service reads time through binder_service.utils.utcnow: move it here
+            offset = [0.0]
+            utils.utcnow = lambda: real_utcnow() + timedelta(seconds=offset[0])
             os.environ["JUPYTERHUB_API_URL"] = hub.api_url
             os.environ["JUPYTERHUB_API_TOKEN"] = hub.token
             app = BinderService()
             app.initialize(
                 [
-                    f"--clock-offset-file={offset}",
                     "--log-level=WARN",
                     "--Culler.anonymous_grace=3600",
                 ]
             )
             quiet = await timed_sweep(app, hub)
             counted = (await app.usage())["total"]
-            offset.write_text(str(3600 + 660))
+            offset[0] = 3600 + 660
             app._last_cull = None
             full = await timed_sweep(app, hub)
             # users whose servers were still stopping go at the next sweeps
@@ -174,6 +177,7 @@ async def run(users, servers):
                 after += (await timed_sweep(app, hub))[0]
                 sweeps += 1
         finally:
+            utils.utcnow = real_utcnow
             if hub is not None:
                 await hub.stop()
             shared.terminate()

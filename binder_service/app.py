@@ -36,13 +36,24 @@ from traitlets.config import Application, Config, TraitError
 from binder_spawner.repos import RepoPolicy, SpecError
 
 from . import handlers as handlers_module
+from . import utils
 from .culler import Culler
 from .hubapi import HubAPI, HubAPIError
 from .hubconfig import HUB_CONFIG_ENV, SHARED
 from .limits import LimitExceeded, LimitRules, Observed, ReservationStore
 from .metrics import LaunchEventLog, Metrics, build_pod_states
 from .placement_source import PlacementSource
-from .utils import Clock, parse_date
+from .utils import parse_date
+
+
+def now():
+    """The service's clock: :func:`binder_service.utils.utcnow`, looked up at each call.
+
+    Looked up, not imported, so that a test that patches the seam moves every
+    reader of time.
+    """
+    return utils.utcnow()
+
 
 STATIC = Path(__file__).parent / "static"
 
@@ -69,7 +80,6 @@ class BinderService(Application):
         "concurrency": "Culler.concurrency",
         "anonymous-group": "Culler.anonymous_group",
         "launch-events-file": "BinderService.launch_events_file",
-        "clock-offset-file": "BinderService.clock_offset_file",
         "namespace": "PlacementSource.namespace",
     }
     flags = {
@@ -326,20 +336,6 @@ class BinderService(Application):
         url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or ""
         return urlparse(url).hostname or ""
 
-    clock_offset_file = Unicode(
-        "",
-        help="""
-        Testing aid: a file holding a number of seconds added to the clock the
-        service reads (culling and reservation expiry), read at every use.
-        Default: none. Only who can write that file can move the clock; leave
-        it unset in production.
-
-        Example: ``c.BinderService.clock_offset_file = "/tmp/binder-clock-offset"``
-
-        .. versionadded:: 0.1
-        """,
-    ).tag(config=True)
-
     def initialize(self, argv=None):
         super().initialize(argv)
         handed_over = json.loads(os.environ.get(HUB_CONFIG_ENV) or "{}")
@@ -354,7 +350,7 @@ class BinderService(Application):
             self.update_config(self.cli_config)
         self._check_shared_settings(handed_over)
         self.log.name = "BinderService"
-        self.clock = Clock(self.clock_offset_file)
+        self.clock = now
         self.metrics = Metrics()
         self.events = LaunchEventLog(self.launch_events_file, self.event_origin)
         self.hub = HubAPI(parent=self, log=self.log)

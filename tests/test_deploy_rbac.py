@@ -33,6 +33,7 @@ import yaml
 
 from binder_spawner import build
 
+from .clockseam import clock_env
 from .gitserver import GitServer
 from .hub import start_hub
 from .k8s.catalog import SINGLEUSER
@@ -238,7 +239,6 @@ def hub_config(registry, git, service_port, kubeconfig, offset_file):
     command += [
         f"--port={service_port}",
         f"--namespace={NAMESPACE}",
-        f"--clock-offset-file={offset_file}",
         "--cull-every=0.5",
         "--reconcile-every=1",
     ]
@@ -262,7 +262,7 @@ def hub_config(registry, git, service_port, kubeconfig, offset_file):
             "name": "binder",
             "url": "http://127.0.0.1:{service_port}",
             "command": {command!r},
-            "environment": {{"KUBECONFIG": "{kubeconfig}"}},
+            "environment": {{"KUBECONFIG": "{kubeconfig}", **{clock_env(offset_file)!r}}},
         }}
     )
     c.JupyterHub.load_roles.append(

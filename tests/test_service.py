@@ -1,7 +1,7 @@
 """binder_service against a real hub that starts it as a managed service.
 
 One hub for the module; the service runs as the hub's subprocess, so its
-clock is moved through its ``clock_offset_file`` (tests/ writes the file).
+clock is moved through ``tests/clockseam`` (tests write the offset file).
 The tests run in order: culling moves the clock forward for good.
 """
 
@@ -28,6 +28,7 @@ from binder_spawner.service_client import (
     ServiceUnavailable,
 )
 
+from .clockseam import clock_env
 from .hub import start_hub
 from .utils import free_port, poll
 
@@ -120,7 +121,6 @@ async def env(tmp_path_factory):
         "--cull-every=0.3",
         "--timeout=600",
         "--max-age=900",
-        f"--clock-offset-file={offset_file}",
         f"--launch-events-file={events_file}",
         "--debug",
     ]
@@ -137,7 +137,12 @@ async def env(tmp_path_factory):
     # every stop is a slow stop (202): the culler must wait for it to count a cull
     c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0, "slow_stop_timeout": 0}}
     c.JupyterHub.services.append(
-        {{"name": "binder", "url": "http://127.0.0.1:{port}", "command": {command!r}}}
+        {{
+            "name": "binder",
+            "url": "http://127.0.0.1:{port}",
+            "command": {command!r},
+            "environment": {clock_env(offset_file)!r},
+        }}
     )
     c.JupyterHub.load_roles.append({service_role()!r})
     """
@@ -461,7 +466,7 @@ async def test_restart_keeps_counts(env):
 
 
 def service_pid(env, missing_ok=False):
-    needle = str(env.offset_file).encode()
+    needle = str(env.events_file).encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

@@ -13,7 +13,7 @@ from binder_service.limits import (
     decide,
     reservation_id,
 )
-from binder_service.utils import Clock, isoformat, parse_date
+from binder_service.utils import isoformat, parse_date
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -246,18 +246,28 @@ def test_deletable_only_quiet_anonymous_users_without_servers():
     assert not deletable(user("adm", admin=True, groups=[group]), group, 60, at(999))
 
 
-def test_clock_offset_file(tmp_path, monkeypatch):
-    import binder_service.utils as utils
+def test_clock_seam_moves_a_service_subprocess(tmp_path):
+    """tests/clockseam moves ``binder_service.utils.utcnow`` in a subprocess, nothing else."""
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(utils, "utcnow", lambda: T0)
+    from tests.clockseam import clock_env
+
     path = tmp_path / "offset"
-    clock = Clock(str(path))
-    assert clock() == T0  # no file: no offset
-    path.write_text("90.5")
-    assert clock() == at(90.5)
+    path.write_text(str(2 * 86400))
+    probe = "from binder_service import app, utils; print(app.now().isoformat())"
+    env = {**os.environ, **clock_env(path)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    moved = datetime.fromisoformat(out.strip())
+    assert (moved - datetime.now(timezone.utc)).total_seconds() > 86400
     path.write_text("garbage")
-    assert clock() == T0
-    assert Clock("")() == T0
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert (datetime.fromisoformat(out.strip()) - datetime.now(timezone.utc)).total_seconds() < 3600
 
 
 def test_parse_date_roundtrip():
