@@ -82,3 +82,20 @@ def test_console_script_help():
     assert exe.exists(), "console script not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "usage: jupyterhub-binder" in out
+
+
+def test_package_data_names_only_folders_that_exist():
+    """Every package_data pattern in setup.cfg matches a file of the source tree."""
+    import configparser
+
+    root = Path(__file__).resolve().parent.parent
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    patterns = {
+        package: [p.strip() for p in value.split(",") if p.strip()]
+        for package, value in setup["options.package_data"].items()
+    }
+    assert patterns
+    for package, globs in patterns.items():
+        for pattern in globs:
+            assert list((root / package).glob(pattern)), f"{package}: {pattern} matches nothing"
