@@ -37,8 +37,8 @@ import yaml
 
 try:
     import tomllib
-except ImportError:  # Python 3.10: pyproject.toml-only packages are not detected
-    tomllib = None
+except ImportError:  # Python 3.10: tomli is tomllib's origin (setup.cfg requires it there)
+    import tomli as tomllib
 
 # Files whose presence means the repository needs a container build: their
 # meaning in repo2docker (system packages, conda, R, Julia, Nix, a Dockerfile).
@@ -198,7 +198,7 @@ def _is_python_package(repo_dir):
     if _is_file(repo_dir, "setup.py"):
         return True
     text = _read_config(repo_dir, "pyproject.toml")
-    if text is None or tomllib is None:
+    if text is None:
         return False
     try:
         data = tomllib.loads(text)

@@ -99,3 +99,23 @@ def test_package_data_names_only_folders_that_exist():
     for package, globs in patterns.items():
         for pattern in globs:
             assert list((root / package).glob(pattern)), f"{package}: {pattern} matches nothing"
+
+
+def test_python_310_reads_pyproject_toml_with_tomli(tmp_path):
+    """Without tomllib (Python 3.10) local mode still finds a pyproject.toml-only package."""
+    reqs = [Requirement(r) for r in DIST.requires if "extra ==" not in r]
+    tomli = [r for r in reqs if r.name == "tomli"]
+    assert tomli and tomli[0].marker.evaluate({"python_version": "3.10"})
+    assert not tomli[0].marker.evaluate({"python_version": "3.11"})
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\nversion = "1"\n[build-system]\nrequires = []\n'
+    )
+    probe = (
+        "import sys; sys.modules['tomllib'] = None\n"  # import tomllib raises, as on 3.10
+        "from binder_spawner import localplan\n"
+        "print(localplan.tomllib.__name__, localplan._is_python_package(sys.argv[1]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["tomli", "True"]
