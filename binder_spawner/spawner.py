@@ -19,7 +19,7 @@ from traitlets import Bool, Dict, Float, Instance, List, TraitError, Unicode, de
 from . import build
 from .builder import BuildFailed, BuildPod, BuildTimedOut
 from .errors import spawn_error
-from .images import repo_hash
+from .images import build_pod_name, image_name, repo_hash
 from .kuberetry import CLUSTER_UNAVAILABLE_MESSAGE, ApiRetry, ClusterUnavailable, is_retryable
 from .launch import BinderLaunchMixin
 from .nodes import preferred_node_affinity
@@ -442,8 +442,6 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
     def image_for(self, spec):
         """The image name of a resolved spec (BinderHub-compatible)."""
-        from .images import image_name
-
         return image_name(spec, spec.commit, prefix=self.image_prefix)
 
     async def prepare_launch(self, spec):
@@ -498,8 +496,6 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
             ) from None
 
     async def _remove_finished_build(self, image):
-        from .images import build_pod_name
-
         pod = BuildPod(
             self.api,
             self.build_namespace,
@@ -558,8 +554,6 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
         return [n.metadata.name for n in nodes.items if not (n.spec and n.spec.unschedulable)]
 
     async def build_pod_manifest(self, spec, image):
-        from .images import build_pod_name
-
         preferred = ""
         if self.sticky_builds:
             try:
