@@ -77,8 +77,6 @@ class HubAPI(LoggingConfigurable):
 
         Example: ``c.HubAPI.retries = 2``
 
-        Example: ``c.HubAPI.retries = 5``
-
         .. versionadded:: 0.1
         """,
     ).tag(config=True)

@@ -142,16 +142,12 @@ class RegistryClient(LoggingConfigurable):
         How many times a registry request is retried when the registry is
         unreachable or answers 5xx or 429, with exponential backoff (full
         jitter below :attr:`retry_delay`, doubling, capped at 5 s). Default 2:
-        at most three attempts. 0 tries once.
+        at most three attempts. 0 tries once. It counts retries, as
+        ``c.HubAPI.retries`` does (development snapshots counted attempts).
 
         Example: ``c.RegistryClient.retries = 4``
 
-        Example: ``c.RegistryClient.retries = 5``
-
         .. versionadded:: 0.1
-        .. versionchanged:: 0.2
-           Counts retries, as ``c.HubAPI.retries`` does; it used to count
-           attempts (default 3), so a configured value now allows one more.
         """,
     ).tag(config=True)
 
@@ -162,8 +158,6 @@ class RegistryClient(LoggingConfigurable):
         below it); doubled for each further one. Default 0.2.
 
         Example: ``c.RegistryClient.retry_delay = 0.5``
-
-        Example: ``c.RegistryClient.retry_delay = 1.0``
 
         .. versionadded:: 0.1
         """,
