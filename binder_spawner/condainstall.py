@@ -18,8 +18,10 @@ channels and alias; the platform; its virtual packages), as rattler lock
 files. Packages are downloaded once into ``cache/pkgs`` and copied into the
 prefix (the cache and the environment are two mounts: no hard links).
 
-Exit status 3: the environment cannot be solved (the solver's explanation is
-printed); 4: a channel did not answer or a package could not be fetched.
+Exit status 86: the environment cannot be solved (the solver's explanation is
+printed); 87: a channel did not answer or a package could not be fetched.
+rattler's thread pools are kept small: a build's processes and threads count
+against the build uid's process limit (``Sandbox.process_limit``).
 Standalone on purpose: it is passed as ``-c`` text, the package is not mounted.
 """
 
@@ -30,8 +32,8 @@ import os
 import sys
 import time
 
-UNSOLVABLE = 3
-CHANNEL_ERROR = 4
+UNSOLVABLE = 86
+CHANNEL_ERROR = 87
 ENVIRONMENT = "default"
 
 
@@ -61,6 +63,8 @@ def lock_platform(rattler, lock, platform):
 
 async def main(request):
     sys.path.insert(0, request["rattler_path"])
+    os.environ.setdefault("TOKIO_WORKER_THREADS", "2")
+    os.environ.setdefault("RAYON_NUM_THREADS", "2")
     import rattler
     import rattler.exceptions
 

@@ -1060,7 +1060,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             chdir=cwd or ENV_MOUNT,
             build=True,
         )
-        self.log.debug("Build step: %s", argv)
+        self.log.debug("Build step: %s", [a if len(a) < 200 else "..." for a in argv])
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.DEVNULL,

@@ -204,7 +204,11 @@ def build_channel(root):
     async def index():
         for target in (sub, "noarch"):
             await rattler.index.index_fs(
-                channel, target_platform=rattler.Subdir(target), force=True
+                channel,
+                target_platform=rattler.Subdir(target),
+                force=True,
+                # as conda-forge on anaconda.org: repodata.json (and .zst), no shards
+                write_shards=False,
             )
 
     # its own event loop in its own thread: callers may be inside one

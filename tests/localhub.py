@@ -104,6 +104,15 @@ class LocalHub:
 
         await poll(stopped, timeout=60, message=f"{user}'s server to stop")
 
+    async def server_api(self, user, path, server=""):
+        """GET ``path`` of the server's Jupyter REST API (JSON)."""
+        url = f"{self.hub.url}/user/{user}/{server + '/' if server else ''}api/{path}"
+        headers = {"Authorization": f"token {self.hub.token}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.get(url) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
     async def run_code(self, user, code, server=""):
         """Execute ``code`` in a new kernel of the server (Jupyter REST + websocket)."""
         base = f"{self.hub.url}/user/{user}/{server + '/' if server else ''}api"

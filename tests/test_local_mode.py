@@ -138,8 +138,8 @@ async def test_broken_requirements_show_the_installer_error(local):
     assert "Last lines of the build log" in events[-1]["message"]
 
 
-async def test_environment_yml_repo_gets_the_kubernetes_message(local):
-    url = local.git.create_repo("org/conda", {"environment.yml": "dependencies:\n  - numpy\n"})
+async def test_dockerfile_repo_gets_the_kubernetes_message(local):
+    url = local.git.create_repo("org/docker", {"Dockerfile": "FROM scratch\n"})
     events = await local.launch("dave", {"repo": url})
     assert events[-1].get("failed"), messages(events)
     assert "Kubernetes mode" in events[-1]["message"]
