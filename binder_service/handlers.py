@@ -234,7 +234,11 @@ class LaunchHandler(BaseHandler):
         if self.request.query:
             link += "?" + self.request.query
         spec = self.service.parse_launch(link)
-        query = {"opt-repo": spec.repo_url, "opt-ref": spec.ref}
+        if spec.is_archive:
+            # a record's spec names its provider (a CKAN dataset URL alone reads as git)
+            query = {"opt-repo": spec.spec}
+        else:
+            query = {"opt-repo": spec.repo_url, "opt-ref": spec.ref}
         if spec.urlpath:
             query["opt-urlpath"] = spec.urlpath
         self.redirect(self.service.hub_spawn_url + "?" + urlencode(query))

@@ -27,11 +27,13 @@ from .archivenet import ArchiveClient, url_hosts
 from .archives import (
     ARCHIVE_PROVIDERS,
     ArchiveError,
+    CKANProvider,
     DataverseProvider,
     FigshareProvider,
     HydroshareProvider,
     RecordFile,
     ZenodoProvider,
+    ckan_files,
     dataverse_files,
     figshare_files,
     zenodo_files,
@@ -64,6 +66,8 @@ DEFAULT_ARCHIVE_HOSTS = {
         "entrepot.recherche.data.gouv.fr",
     ],
     "hydroshare": ["www.hydroshare.org", "hydroshare.org"],
+    # any public CKAN portal, as on mybinder.org: a list here allows only those hosts
+    "ckan": [],
 }
 
 #: Files asked per page of a Dataverse file list.
@@ -242,6 +246,8 @@ class ArchivePolicy(LoggingConfigurable):
                 return await self._resolve_figshare(client, spec.repo_url)
             if spec.provider == "dataverse":
                 return await self._resolve_dataverse(client, spec.repo_url)
+            if spec.provider == "ckan":
+                return await self._resolve_ckan(client, spec.repo_url)
             if spec.provider == "hydroshare":
                 return await self._resolve_hydroshare(client, spec.spec.partition("/")[2])
         finally:
@@ -304,6 +310,22 @@ class ArchivePolicy(LoggingConfigurable):
         resolution = HydroshareProvider.resolution(resource_id, answer.json("HydroShare"))
         return dataclasses.replace(resolution, api_base=self.hydroshare_url)
 
+    def check_ckan_url(self, url):
+        """The dataset URL of a ``ckan/`` spec passes the network rules and the CKAN host list."""
+        host, port = ArchiveClient(self).check(url)
+        allowed = self.archive_host_set("ckan")
+        if allowed and (host, port) not in allowed and (host, None) not in allowed:
+            raise ArchiveError(f"CKAN datasets on {host} cannot be launched on this hub.", 403)
+        return host, port
+
+    async def _resolve_ckan(self, client, url):
+        # BinderHub CKANProvider.get_resolved_ref: package_show (or activity_data_show),
+        # metadata_modified as seconds since 1970
+        host = self.check_ckan_url(url)
+        package = CKANProvider.package_url(url)
+        answer = await client.get(package, "The CKAN dataset", hosts={host})
+        return CKANProvider.resolution(url, answer.json("CKAN"))
+
     # -- files (local mode) -------------------------------------------------------
 
     async def record_files(self, client, provider, resolution):
@@ -331,6 +353,16 @@ class ArchivePolicy(LoggingConfigurable):
             return figshare_files(answer.json("Figshare"))
         if provider == "dataverse":
             return await self._dataverse_files(client, resolution)
+        if provider == "ckan":
+            host = client.check(resolution.api_base)
+            answer = await client.get(resolution.api_base, "The CKAN dataset", hosts={host})
+            body = answer.json("CKAN")
+            current = CKANProvider.resolution(resolution.resolved_spec, body)
+            if current.version != resolution.version:
+                raise ArchiveError(
+                    "The CKAN dataset changed while it was being launched. Launch it again.", 409
+                )
+            return ckan_files(body)
         if provider == "hydroshare":
             # the resource's bag: a zip whose files are under <id>/data/contents/
             resource_id = resolution.version.partition(".v")[0]

@@ -26,7 +26,7 @@ This module only reads specs, links and API answers; the network side is
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import escapism
 
@@ -369,6 +369,97 @@ class HydroshareProvider(ArchiveProvider):
         )
 
 
+class CKANProvider(ArchiveProvider):
+    """CKAN datasets by URL: ``ckan/<URL-encoded dataset URL>``, on any CKAN portal.
+
+    BinderHub (repoproviders.py b9fad99 L503-570): the repository URL, the
+    resolved spec and the ref URL are the dataset URL (decoded); the dataset
+    id is the path segment after ``/dataset/``; the resolved ref is
+    ``<dataset id>.v<epoch of metadata_modified>`` from the portal's
+    ``/api/3/action/package_show`` (``activity_data_show`` for a
+    ``/history/<activity id>`` path or an ``activity_id`` query); the build
+    slug ``ckan-<dataset id>``.
+    """
+
+    name = "ckan"
+    display_name = "CKAN"
+    binderhub_name = "CKAN"
+    example = "https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fsample-dataset-1"
+    _DATASET_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+    def make(self, url):
+        return ArchiveRef(
+            provider=self.name,
+            repo=quote(url, safe=""),
+            ref="",
+            repo_url=url,
+            build_slug="",
+            key=f"{self.name}/{url}",
+            spec_ref="",
+        )
+
+    def from_spec(self, rest, base_url=""):
+        url = unquote(rest)
+        self.dataset(url)
+        return self.make(url)
+
+    def from_record_url(self, host, path, query=""):
+        raise SpecError("CKAN datasets are launched as ckan/<URL-encoded dataset URL>.")
+
+    @classmethod
+    def dataset(cls, url):
+        """(API base ending in ``/``, dataset id, activity id or None) of a dataset URL."""
+        parts = urlsplit(url)
+        if (
+            parts.scheme not in ("https", "http")
+            or not parts.netloc
+            or "/dataset/" not in parts.path
+        ):
+            raise SpecError(
+                'A CKAN spec looks like "ckan/<URL-encoded dataset URL>", '
+                f'e.g. "ckan/{cls.example}".'
+            )
+        prefix, _, rest = parts.path.partition("/dataset/")
+        segments = rest.split("/")
+        dataset_id = segments[0]
+        if not cls._DATASET_ID.match(dataset_id):
+            raise SpecError("This CKAN link does not name a dataset (…/dataset/<name>).")
+        activity = None
+        if "history" in segments[:-1]:
+            activity = segments[segments.index("history") + 1]
+        elif parse_qs(parts.query).get("activity_id"):
+            activity = parse_qs(parts.query)["activity_id"][0]
+        api = f"{parts.scheme}://{parts.netloc}{prefix}/api/3/action/"
+        return api, dataset_id, activity
+
+    @classmethod
+    def package_url(cls, url):
+        """The API URL that answers the dataset (at its activity, if the URL names one)."""
+        api, dataset_id, activity = cls.dataset(url)
+        if activity:
+            return f"{api}activity_data_show?" + urlencode(
+                {"id": activity, "object_type": "package"}
+            )
+        return f"{api}package_show?" + urlencode({"id": dataset_id})
+
+    @classmethod
+    def resolution(cls, url, answer):
+        result = answer.get("result") if isinstance(answer, dict) else None
+        modified = result.get("metadata_modified") if isinstance(result, dict) else None
+        if not isinstance(modified, str):
+            raise ArchiveError("CKAN answered in an unexpected form for this dataset.", 502)
+        _, dataset_id, _ = cls.dataset(url)
+        epoch = _epoch(modified, "%Y-%m-%dT%H:%M:%S.%f", "CKAN")
+        version = check_version(f"{dataset_id}.v{epoch}", "dataset version")
+        return Resolution(
+            version=version,
+            resolved_spec=url,
+            build_slug=f"ckan-{dataset_id}",
+            ref_url=url,
+            api_base=cls.package_url(url),
+        )
+
+
 def _epoch(text, form, archive):
     """Seconds since 1970 of a UTC date in ``form`` (BinderHub truncates to whole seconds)."""
     try:
@@ -383,7 +474,13 @@ def _epoch(text, form, archive):
 #: Provider prefix -> archive provider.
 ARCHIVE_PROVIDERS = {
     p.name: p
-    for p in (ZenodoProvider(), FigshareProvider(), DataverseProvider(), HydroshareProvider())
+    for p in (
+        ZenodoProvider(),
+        FigshareProvider(),
+        DataverseProvider(),
+        HydroshareProvider(),
+        CKANProvider(),
+    )
 }
 
 #: BinderHub's provider names (launch events, metrics) of the archive providers.
@@ -529,4 +626,24 @@ def dataverse_files(answer, base_url):
                 checksum=digest,
             )
         )
+    return files
+
+
+def ckan_files(answer):
+    """The resources of a CKAN dataset (``package_show`` answer) -> [RecordFile].
+
+    As repo2docker's CKAN provider: every resource with a ``url``, named by
+    the URL's last path segment (else the resource id).
+    """
+    result = answer.get("result") if isinstance(answer, dict) else None
+    resources = result.get("resources") if isinstance(result, dict) else None
+    if not isinstance(resources, list):
+        raise ArchiveError("CKAN answered the dataset's resources in an unexpected form.", 502)
+    files = []
+    for resource in resources:
+        url = resource.get("url") if isinstance(resource, dict) else None
+        if not url or not isinstance(url, str):
+            continue
+        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or str(resource.get("id") or "")
+        files.append(RecordFile(name=name, url=url, size=_size(resource.get("size"))))
     return files

@@ -205,12 +205,23 @@ class RepoPolicy(ArchivePolicy, RefResolver):
 
     allowed_providers = Set(
         Unicode(),
-        default_value={"gh", "gl", "git", "gist", "zenodo", "figshare", "dataverse", "hydroshare"},
+        default_value={
+            "gh",
+            "gl",
+            "git",
+            "gist",
+            "zenodo",
+            "figshare",
+            "dataverse",
+            "hydroshare",
+            "ckan",
+        },
         help="""
         Provider prefixes users may launch from: ``gh`` (GitHub), ``gl``
         (GitLab), ``git`` (any git URL), ``gist`` (GitHub gists), ``zenodo``,
-        ``figshare``, ``dataverse`` (records in those archives, by DOI) and
-        ``hydroshare`` (resources, by id). Default: all eight, as on mybinder.org.
+        ``figshare``, ``dataverse`` (records in those archives, by DOI),
+        ``hydroshare`` (resources, by id) and ``ckan`` (datasets, by URL).
+        Default: all nine, as on mybinder.org.
 
         Example: ``c.RepoPolicy.allowed_providers = {"gh", "gl"}``
 
@@ -502,6 +513,11 @@ class RepoPolicy(ArchivePolicy, RefResolver):
         if prefix in ARCHIVE_PROVIDERS and "/" in text:
             text, _, query_string = text.partition("?")
             repo = ARCHIVE_PROVIDERS[prefix].from_spec(text[len(prefix) + 1 :])
+            if prefix == "ckan":
+                try:  # a dataset URL is a stranger's URL: the network rules, offline
+                    self.check_ckan_url(repo.repo_url)
+                except ArchiveError as e:
+                    raise SpecError(e.message, 403) from None
             return repo, self._query(query_string)
         archived = self._read_archive(text)
         if archived is not None:

@@ -136,6 +136,7 @@ class Archives:
         self.storage = ArchiveServer().start()
         self.dataverse = ArchiveServer().start()
         self.hydroshare = ArchiveServer().start()
+        self.ckan = ArchiveServer().start()
         self._next_file = 1000
 
     def stop(self):
@@ -151,6 +152,7 @@ class Archives:
             self.storage,
             self.dataverse,
             self.hydroshare,
+            self.ckan,
         )
 
     def policy_config(self):
@@ -374,3 +376,41 @@ class Archives:
             bag[f"{resource_id}/data/contents/{name}"] = data
         hs.route(f"/hsapi/resource/{resource_id}/", body=zip_bytes(bag))
         return resource_id
+
+    # -- CKAN -------------------------------------------------------------------
+
+    def ckan_dataset(
+        self, name, files, *, prefix="", modified="2023-05-02T10:11:12.345678", activity=None
+    ):
+        """Publish a CKAN dataset ``name`` whose resources are ``files`` ({name: bytes}).
+
+        ``package_show`` answers it (resources served by the storage host, one
+        resource without a URL, as portals have); ``activity``: (activity id,
+        modified date) that ``activity_data_show`` answers for an older state.
+        Returns the dataset's URL.
+        """
+        resources = [{"id": "no-url", "name": "a link that was removed", "url": ""}]
+        for filename, data in files.items():
+            self.storage.route(f"/ckan/{name}/{filename}", body=data)
+            resources.append(
+                {
+                    "id": f"{name}-{filename}",
+                    "url": f"{self.storage.url}/ckan/{name}/{filename}",
+                    "size": len(data),
+                }
+            )
+        package = {"id": f"uuid-{name}", "name": name, "metadata_modified": modified}
+        api = f"{prefix}/api/3/action/"
+        self.ckan.route(
+            f"{api}package_show?id={name}",
+            json_body={"success": True, "result": {**package, "resources": resources}},
+        )
+        if activity:
+            self.ckan.route(
+                f"{api}activity_data_show?id={activity[0]}&object_type=package",
+                json_body={
+                    "success": True,
+                    "result": {**package, "metadata_modified": activity[1], "resources": resources},
+                },
+            )
+        return f"{self.ckan.url}{prefix}/dataset/{name}"

@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 import zlib
+from urllib.parse import quote
 
 import escapism
 import pytest
@@ -498,3 +499,45 @@ async def test_bag_still_being_prepared(archives):
     with pytest.raises(ArchiveError) as e:
         await download(policy_for(archives), f"hydroshare/{resource}")
     assert e.value.status_code == 503 and "still preparing" in e.value.message
+
+
+# -- CKAN ------------------------------------------------------------------------------
+
+
+async def test_ckan_dataset_matches_binderhub_and_downloads_its_resources(archives):
+    """BinderHub CKANProvider (repoproviders.py b9fad99 L503-570), for the same answers."""
+    files = {"requirements.txt": b"six\n", "data.csv": b"1,2\n"}
+    url = archives.ckan_dataset("sample-1", files, prefix="/portal")
+    policy = policy_for(archives)
+    spec = await policy.resolve(policy.parse("ckan/" + quote(url, safe="")))
+    assert spec.repo_url == spec.resolved_spec == spec.ref_url == url
+    assert (spec.commit, spec.build_slug) == ("sample-1.v1683022272", "ckan-sample-1")
+    image = image_name(spec, spec.commit, prefix="r/")
+    assert image == binderhub_image("ckan-sample-1", "sample-1.v1683022272", "r/")
+    args = get_argparser().parse_args(build.repo2docker_command(url, spec.commit, image)[1:])
+    assert (args.repo, args.ref) == (url, "sample-1.v1683022272")
+    dest, _ = await download(policy, "ckan/" + quote(url, safe=""))
+    # the resource without a URL is skipped, as repo2docker does
+    assert tree(dest) == files
+
+
+async def test_ckan_history_link_resolves_to_that_activity(archives):
+    url = archives.ckan_dataset(
+        "sample-2", {"a.txt": b"a"}, activity=("act-1", "2021-01-01T00:00:00.000001")
+    )
+    policy = policy_for(archives)
+    spec = await policy.resolve(policy.parse("ckan/" + quote(f"{url}/history/act-1", safe="")))
+    assert spec.commit == "sample-2.v1609459200"
+    spec = await policy.resolve(policy.parse("ckan/" + quote(f"{url}?activity_id=act-1", safe="")))
+    assert spec.commit == "sample-2.v1609459200"
+
+
+def test_ckan_hosts_can_be_restricted(archives):
+    policy = policy_for(archives, archive_hosts={"ckan": ["data.example.org"]})
+    assert policy.parse("ckan/https%3A%2F%2Fdata.example.org%2Fdataset%2Fx").provider == "ckan"
+    with pytest.raises(SpecError) as e:
+        policy.parse("ckan/https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fx")
+    assert e.value.status_code == 403 and "on demo.ckan.org cannot be launched" in e.value.message
+    with pytest.raises(SpecError) as e:
+        RepoPolicy().parse("ckan/https%3A%2F%2F10.1.2.3%2Fdataset%2Fx")
+    assert "private address" in e.value.message

@@ -229,6 +229,21 @@ async def test_health_badges_metrics(env):
             "tree/a.py",
             id="gist",
         ),
+        pytest.param(
+            "v2/zenodo/10.5281/zenodo.3242074?urlpath=lab",
+            "zenodo/10.5281/zenodo.3242074",
+            None,
+            "lab",
+            id="zenodo",
+        ),
+        pytest.param(
+            # the spec, not the dataset URL: a URL alone would be read as a git repository
+            "v2/ckan/https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fsample-dataset-1",
+            "ckan/https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fsample-dataset-1",
+            None,
+            None,
+            id="ckan",
+        ),
     ],
 )
 async def test_launch_redirects(env, path, repo, ref, urlpath):
@@ -239,7 +254,7 @@ async def test_launch_redirects(env, path, repo, ref, urlpath):
     query = parse_qs(location.query)
     # JupyterHub 6's form of spawn options (no deprecation warning), read on 5 by the spawners
     assert query["opt-repo"] == [repo]
-    assert query["opt-ref"] == [ref]
+    assert query.get("opt-ref") == ([ref] if ref else None)
     assert query.get("opt-urlpath") == ([urlpath] if urlpath else None)
     assert not {"repo", "ref", "urlpath"} & set(query)
 
