@@ -26,6 +26,7 @@ import contextlib
 import os
 import re
 import stat
+import tarfile
 import zipfile
 
 from .archives import ArchiveError
@@ -222,3 +223,131 @@ def flatten_single_directory(dir_fd):
         os.close(inner)
     os.rmdir(temporary, dir_fd=dir_fd)
     return True
+
+
+def _inside_link(parts, target):
+    """True if a link at ``parts`` with ``target`` stays inside the top directory (lexically)."""
+    if not target or target.startswith("/") or "\\" in target or _CONTROL.search(target):
+        return False
+    depth = len(parts) - 1
+    for piece in target.split("/"):
+        if piece in ("", "."):
+            continue
+        depth = depth - 1 if piece == ".." else depth + 1
+        if depth < 0:
+            return False
+    return True
+
+
+def extract_tar(dir_fd, name, *, max_files, max_bytes, only=None):
+    """Unpack the (compressed) tar ``name`` in ``dir_fd`` into ``dir_fd``, then remove it.
+
+    The rules of :func:`extract_zip`, checked on the member list before
+    anything is written; symbolic links are kept when their target stays
+    inside the folder (source trees have them), any other link, device or
+    fifo refuses the whole archive. ``only``: as for :func:`extract_zip`.
+    """
+    parts = safe_parts(name)
+    parent = _subdir(dir_fd, parts[:-1])
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        with os.fdopen(fd, "rb") as f:
+            try:
+                with tarfile.open(fileobj=f, mode="r:*") as tf:
+                    members = _check_tar(tf, max_files, max_bytes)
+                    written = _extract_tar(tf, members, dir_fd, max_bytes, only)
+            except (tarfile.TarError, EOFError, OSError) as e:
+                if isinstance(e, ArchiveError):
+                    raise
+                raise ArchiveError(
+                    f"The record's file {name!r} could not be unpacked: {e}.", 422
+                ) from None
+        os.unlink(parts[-1], dir_fd=parent)
+    finally:
+        os.close(parent)
+    return written
+
+
+def _check_tar(tf, max_files, max_bytes):
+    members = []
+    total = 0
+    for member in tf:
+        members.append(member)
+        if len(members) > max_files:
+            raise ArchiveError(
+                f"The record's archive holds more than the {max_files} entries this hub unpacks.",
+                413,
+            )
+        parts = safe_parts(member.name)
+        if member.issym():
+            if not _inside_link(parts, member.linkname):
+                raise ArchiveError(
+                    f"The record's archive holds a link leading outside its folder ({member.name!r}).",
+                    422,
+                )
+        elif member.islnk() or not (member.isfile() or member.isdir()):
+            raise ArchiveError(
+                f"The record's archive holds a hard link or special file ({member.name!r}).", 422
+            )
+        total += member.size if member.isfile() else 0
+        if total > max_bytes:
+            raise ArchiveError(
+                f"The record's archive unpacks to more than the {max_bytes / 1024**2:,.0f} MB "
+                "this hub allows.",
+                413,
+            )
+    return members
+
+
+def _extract_tar(tf, members, dir_fd, max_bytes, only):
+    total = files = 0
+    prefix = only.strip("/").split("/") if only else []
+    for member in members:
+        parts = safe_parts(member.name)
+        if prefix:
+            if parts[: len(prefix)] != prefix or len(parts) == len(prefix):
+                continue
+            parts = parts[len(prefix) :]
+        if member.isdir():
+            os.close(_subdir(dir_fd, parts))
+            continue
+        if member.issym():
+            parent = _subdir(dir_fd, parts[:-1])
+            try:
+                os.symlink(member.linkname, parts[-1], dir_fd=parent)
+            except FileExistsError:
+                raise ArchiveError(f"The record holds {member.name!r} twice.", 422) from None
+            finally:
+                os.close(parent)
+            continue
+        src = tf.extractfile(member)
+        with src, create_file(dir_fd, "/".join(parts)) as dst:
+            while True:
+                chunk = src.read(1024 * 1024)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ArchiveError(
+                        f"The record's archive unpacks to more than the "
+                        f"{max_bytes / 1024**2:,.0f} MB this hub allows.",
+                        413,
+                    )
+                dst.write(chunk)
+        files += 1
+    return files, total
+
+
+def is_tar(dir_fd, name):
+    parts = safe_parts(name)
+    parent = _subdir(dir_fd, parts[:-1])
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    finally:
+        os.close(parent)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r:*"):
+                return True
+        except (tarfile.TarError, EOFError):
+            return False

@@ -144,6 +144,7 @@ class ArchiveClient:
         max_bytes=MAX_API_BYTES,
         hosts=None,
         accept="application/json",
+        method="GET",
     ):
         """GET ``url`` following checked redirects; returns the final 200 :class:`Answer`.
 
@@ -154,7 +155,7 @@ class ArchiveClient:
         """
         for _ in range(MAX_REDIRECTS + 1):
             self.check(url, hosts)
-            answer = await self._one(url, what, sink, max_bytes, accept)
+            answer = await self._one(url, what, sink, max_bytes, accept, method)
             if answer.code in _REDIRECTS:
                 location = answer.headers.get("Location")
                 if not location:
@@ -175,7 +176,7 @@ class ArchiveClient:
             )
         return host, port
 
-    async def _one(self, url, what, sink, max_bytes, accept):
+    async def _one(self, url, what, sink, max_bytes, accept, method="GET"):
         state = {"code": None, "size": 0, "chunks": [], "error": None}
 
         def on_header(line):
@@ -203,7 +204,8 @@ class ArchiveClient:
 
         request = HTTPRequest(
             url,
-            method="GET",
+            method=method,
+            body=b"" if method == "POST" else None,
             follow_redirects=False,
             user_agent=USER_AGENT,
             headers={"Accept": accept},

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from jupyterhub.traitlets import ByteSpecification
@@ -32,6 +33,7 @@ from .archives import (
     FigshareProvider,
     HydroshareProvider,
     RecordFile,
+    SwhidProvider,
     ZenodoProvider,
     ckan_files,
     dataverse_files,
@@ -68,6 +70,7 @@ DEFAULT_ARCHIVE_HOSTS = {
     "hydroshare": ["www.hydroshare.org", "hydroshare.org"],
     # any public CKAN portal, as on mybinder.org: a list here allows only those hosts
     "ckan": [],
+    "swhid": ["archive.softwareheritage.org"],
 }
 
 #: Files asked per page of a Dataverse file list.
@@ -147,6 +150,43 @@ class ArchivePolicy(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    swh_api_url = Unicode(
+        "https://archive.softwareheritage.org/api/1",
+        help="""
+        Software Heritage's API (directories, revisions, the vault that packs a
+        directory for download). Default ``https://archive.softwareheritage.org/api/1``.
+
+        Example: ``c.RepoPolicy.swh_api_url = "https://swh.example.org/api/1"``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    swh_vault_timeout = Float(
+        300.0,
+        help="""
+        Seconds local mode waits for Software Heritage's vault to pack a
+        directory, asking again every :attr:`swh_vault_interval` seconds;
+        then the launch is refused with a hint to retry. Default 300.
+
+        Example: ``c.RepoPolicy.swh_vault_timeout = 600``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    swh_vault_interval = Float(
+        5.0,
+        help="""
+        Seconds between two questions to Software Heritage's vault while it
+        packs a directory. Default 5.
+
+        Example: ``c.RepoPolicy.swh_vault_interval = 10``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
     archive_timeout = Float(
         20.0,
         help="""
@@ -195,7 +235,7 @@ class ArchivePolicy(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    @validate("doi_resolver_url", "figshare_api_url", "hydroshare_url")
+    @validate("doi_resolver_url", "figshare_api_url", "hydroshare_url", "swh_api_url")
     def _validate_base_url(self, proposal):
         value = proposal.value.rstrip("/")
         if not value.startswith(("https://", "http://")):
@@ -225,6 +265,8 @@ class ArchivePolicy(LoggingConfigurable):
             hosts |= url_hosts([self.figshare_api_url])
         if provider == "hydroshare":
             hosts |= url_hosts([self.hydroshare_url])
+        if provider == "swhid":
+            hosts |= url_hosts([self.swh_api_url])
         return hosts
 
     def _client(self):
@@ -248,6 +290,8 @@ class ArchivePolicy(LoggingConfigurable):
                 return await self._resolve_dataverse(client, spec.repo_url)
             if spec.provider == "ckan":
                 return await self._resolve_ckan(client, spec.repo_url)
+            if spec.provider == "swhid":
+                return await self._resolve_swhid(client, spec.repo_url)
             if spec.provider == "hydroshare":
                 return await self._resolve_hydroshare(client, spec.spec.partition("/")[2])
         finally:
@@ -326,9 +370,48 @@ class ArchivePolicy(LoggingConfigurable):
         answer = await client.get(package, "The CKAN dataset", hosts={host})
         return CKANProvider.resolution(url, answer.json("CKAN"))
 
+    async def _resolve_swhid(self, client, core):
+        # the identifier is the version; asking the archive tells a missing one at once
+        # (and a revision's directory, which is what the vault packs)
+        kind, digest = SwhidProvider.parts(core)
+        what = f"The Software Heritage object {core}"
+        hosts = self._api_hosts("swhid")
+        if kind == "rev":
+            answer = await client.get(f"{self.swh_api_url}/revision/{digest}/", what, hosts=hosts)
+            directory = answer.json("Software Heritage").get("directory")
+            if not isinstance(directory, str) or not re.fullmatch(r"[0-9a-f]{40}", directory):
+                raise ArchiveError(f"{what} has no readable directory.", 502)
+        else:
+            await client.get(f"{self.swh_api_url}/directory/{digest}/", what, hosts=hosts)
+            directory = digest
+        return SwhidProvider.resolution(core, directory, self.swh_api_url)
+
+    async def _swh_vault(self, client, resolution, emit):
+        """The URL of the packed directory, once the vault has it (asked every interval)."""
+        directory = resolution.content
+        url = f"{resolution.api_base}/vault/directory/{directory}/"
+        what = f"the Software Heritage directory {directory}"
+        hosts = self._api_hosts("swhid")
+        answer = await client.get(url, what, hosts=hosts, method="POST")
+        deadline = asyncio.get_running_loop().time() + self.swh_vault_timeout
+        while True:
+            receipt = answer.json("Software Heritage")
+            status = receipt.get("status") if isinstance(receipt, dict) else None
+            if status == "done" and isinstance(receipt.get("fetch_url"), str):
+                return receipt["fetch_url"]
+            if status not in ("new", "pending"):
+                raise ArchiveError(f"Software Heritage could not pack {what}.", 502)
+            if asyncio.get_running_loop().time() > deadline:
+                raise ArchiveError(
+                    f"Software Heritage is still packing {what}. Try again in a few minutes.", 503
+                )
+            emit(f"Software Heritage is packing the directory ({status})")
+            await asyncio.sleep(self.swh_vault_interval)
+            answer = await client.get(url, what, hosts=hosts)
+
     # -- files (local mode) -------------------------------------------------------
 
-    async def record_files(self, client, provider, resolution):
+    async def record_files(self, client, provider, resolution, emit=lambda line: None):
         """The [RecordFile] of a resolved record, from the archive's API."""
         if provider == "zenodo":
             what = f"The Zenodo record {resolution.version}"
@@ -363,6 +446,9 @@ class ArchivePolicy(LoggingConfigurable):
                     "The CKAN dataset changed while it was being launched. Launch it again.", 409
                 )
             return ckan_files(body)
+        if provider == "swhid":
+            fetch_url = await self._swh_vault(client, resolution, emit)
+            return [RecordFile(name=f"{resolution.content}.tar.gz", url=fetch_url)]
         if provider == "hydroshare":
             # the resource's bag: a zip whose files are under <id>/data/contents/
             resource_id = resolution.version.partition(".v")[0]
@@ -414,7 +500,7 @@ class ArchivePolicy(LoggingConfigurable):
         client = self._client()
         dir_fd = archivefiles.open_dir(dest)
         try:
-            files = await self.record_files(client, provider, resolution)
+            files = await self.record_files(client, provider, resolution, emit)
             if not files:
                 raise ArchiveError("This record has no files to launch.", 422)
             self._check_listing(files)
@@ -438,6 +524,16 @@ class ArchivePolicy(LoggingConfigurable):
                     only=only,
                 )
                 archivefiles.flatten_single_directory(dir_fd)
+                emit(f"Unpacked {count} files ({_size_text(size)})")
+            elif provider == "swhid":
+                emit(f"Unpacking {files[0].name}")
+                count, size = archivefiles.extract_tar(
+                    dir_fd,
+                    files[0].name,
+                    max_files=self.archive_max_files,
+                    max_bytes=self.archive_max_unpacked_bytes,
+                    only=f"{resolution.content}/",
+                )
                 emit(f"Unpacked {count} files ({_size_text(size)})")
             return total
         finally:

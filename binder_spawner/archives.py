@@ -74,6 +74,8 @@ class Resolution:
     ref_url: str
     #: where the record's API lives (``https://zenodo.org``), for downloads
     api_base: str = ""
+    #: what to download when it is not the version (a revision's directory)
+    content: str = ""
 
 
 @dataclass(frozen=True)
@@ -460,6 +462,62 @@ class CKANProvider(ArchiveProvider):
         )
 
 
+class SwhidProvider(ArchiveProvider):
+    """Software Heritage identifiers: ``swhid/swh:1:dir:<hash>`` or ``swh:1:rev:<hash>``.
+
+    BinderHub has no such provider; repo2docker's ``Swhid`` content provider
+    takes the identifier as the repository. An identifier names immutable
+    content, so it is its own version (the hash is the image tag); the build
+    slug is ``swhid-`` and the identifier, as BinderHub's other archives name
+    theirs. Qualifiers (``;origin=...``) are dropped, as repo2docker reads
+    only the core identifier.
+    """
+
+    name = "swhid"
+    display_name = "Software Heritage"
+    binderhub_name = "Software Heritage"
+    example = "swh:1:dir:0123456789abcdef0123456789abcdef01234567"
+    _CORE = re.compile(r"^swh:1:(dir|rev):([0-9a-f]{40})$")
+
+    def make(self, core):
+        return ArchiveRef(
+            provider=self.name,
+            repo=core,
+            ref="",
+            repo_url=core,
+            build_slug="",
+            key=f"{self.name}/{core}",
+            spec_ref="",
+        )
+
+    def from_spec(self, rest, base_url=""):
+        core = unquote(rest).split(";", 1)[0]
+        if not self._CORE.match(core):
+            raise SpecError(
+                'A Software Heritage spec looks like "swhid/swh:1:dir:<40 hex digits>" '
+                "(a directory) or swh:1:rev:<40 hex digits> (a revision)."
+            )
+        return self.make(core)
+
+    @classmethod
+    def parts(cls, core):
+        """("dir" or "rev", hash) of a core identifier."""
+        match = cls._CORE.match(core)
+        return match[1], match[2]
+
+    @classmethod
+    def resolution(cls, core, directory, api_base):
+        kind, digest = cls.parts(core)
+        return Resolution(
+            version=digest,
+            resolved_spec=core,
+            build_slug=f"swhid-{core}",
+            ref_url=f"https://archive.softwareheritage.org/{core}",
+            api_base=api_base,
+            content=directory,
+        )
+
+
 def _epoch(text, form, archive):
     """Seconds since 1970 of a UTC date in ``form`` (BinderHub truncates to whole seconds)."""
     try:
@@ -480,6 +538,7 @@ ARCHIVE_PROVIDERS = {
         DataverseProvider(),
         HydroshareProvider(),
         CKANProvider(),
+        SwhidProvider(),
     )
 }
 

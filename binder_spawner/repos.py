@@ -220,8 +220,9 @@ class RepoPolicy(ArchivePolicy, RefResolver):
         Provider prefixes users may launch from: ``gh`` (GitHub), ``gl``
         (GitLab), ``git`` (any git URL), ``gist`` (GitHub gists), ``zenodo``,
         ``figshare``, ``dataverse`` (records in those archives, by DOI),
-        ``hydroshare`` (resources, by id) and ``ckan`` (datasets, by URL).
-        Default: all nine, as on mybinder.org.
+        ``hydroshare`` (resources, by id), ``ckan`` (datasets, by URL) and
+        ``swhid`` (Software Heritage identifiers, ``swh:1:dir:...`` or
+        ``swh:1:rev:...``). Default: all but ``swhid``, as on mybinder.org.
 
         Example: ``c.RepoPolicy.allowed_providers = {"gh", "gl"}``
 
@@ -480,6 +481,8 @@ class RepoPolicy(ArchivePolicy, RefResolver):
     def _read_archive(self, text):
         """(ArchiveRef, query) if ``text`` is a DOI in any spelling, else None."""
         doi_text, _, query_string = text.partition("?")
+        if doi_text.startswith("swh:"):
+            return ARCHIVE_PROVIDERS["swhid"].from_spec(doi_text), self._query(query_string)
         doi = bare_doi(doi_text)
         if doi is None:
             return None

@@ -25,6 +25,7 @@ import collections
 import hashlib
 import io
 import json
+import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,10 +78,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
 
-    def do_GET(self):
+    def do_POST(self):
+        self.do_GET(prefix="POST ")
+
+    def do_GET(self, prefix=""):
         path, _, query = self.path.partition("?")
+        path = prefix + path
         self.state.hits[path] += 1
-        answer = self.state.routes.get(self.path) or self.state.routes.get(path)
+        answer = self.state.routes.get(prefix + self.path) or self.state.routes.get(path)
         if callable(answer):
             answer = answer(parse_qs(query))
         status, headers, body, size = answer or (
@@ -137,6 +142,7 @@ class Archives:
         self.dataverse = ArchiveServer().start()
         self.hydroshare = ArchiveServer().start()
         self.ckan = ArchiveServer().start()
+        self.swh = ArchiveServer().start()
         self._next_file = 1000
 
     def stop(self):
@@ -153,6 +159,7 @@ class Archives:
             self.dataverse,
             self.hydroshare,
             self.ckan,
+            self.swh,
         )
 
     def policy_config(self):
@@ -168,7 +175,10 @@ class Archives:
                 "figshare": [self.figshare.hostport, self.figshare_api.hostport],
                 "dataverse": [self.dataverse.hostport],
                 "hydroshare": [self.hydroshare.hostport],
+                "swhid": [self.swh.hostport],
             },
+            "swh_api_url": self.swh.url + "/api/1",
+            "swh_vault_interval": 0.01,
             "hydroshare_url": self.hydroshare.url,
         }
 
@@ -414,3 +424,39 @@ class Archives:
                 },
             )
         return f"{self.ckan.url}{prefix}/dataset/{name}"
+
+    # -- Software Heritage --------------------------------------------------------
+
+    def swh_directory(self, directory, files, *, revision=None, links=None):
+        """Archive a directory (its tar.gz packed by the vault) and optionally a revision of it.
+
+        The vault answers the POST with ``new``, the next GET with ``done``
+        and a ``fetch_url``, as repo2docker's fixtures do. ``links``: {name:
+        target} symbolic links in the tarball.
+        """
+        swh = self.swh
+        api = "/api/1"
+        swh.route(f"{api}/directory/{directory}/", json_body=[{"name": n} for n in files])
+        if revision:
+            swh.route(f"{api}/revision/{revision}/", json_body={"directory": directory})
+        vault = f"{api}/vault/directory/{directory}/"
+        fetch = f"{swh.url}{vault}raw/"
+        swh.route("POST " + vault, json_body={"status": "new", "fetch_url": fetch})
+        swh.route(vault, json_body={"status": "done", "fetch_url": fetch})
+        swh.route(f"{vault}raw/", body=tar_gz(directory, files, links or {}))
+
+
+def tar_gz(top, files, links=None):
+    """A tar.gz of ``files`` ({name: bytes}) and ``links`` ({name: target}) under ``top/``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tf.addfile(info)
+    return buffer.getvalue()

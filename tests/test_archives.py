@@ -541,3 +541,59 @@ def test_ckan_hosts_can_be_restricted(archives):
     with pytest.raises(SpecError) as e:
         RepoPolicy().parse("ckan/https%3A%2F%2F10.1.2.3%2Fdataset%2Fx")
     assert "private address" in e.value.message
+
+
+# -- Software Heritage ---------------------------------------------------------------
+
+DIR = "d" * 40
+REV = "e" * 40
+
+
+def test_swhid_is_off_by_default_and_read_when_enabled():
+    with pytest.raises(SpecError) as e:
+        RepoPolicy().parse(f"swh:1:dir:{DIR}")
+    assert e.value.status_code == 403 and "Software Heritage is not enabled" in e.value.message
+    policy = RepoPolicy(allowed_providers={"swhid"})
+    assert policy.parse(f"swh:1:rev:{REV};origin=https://example.org").spec == (
+        f"swhid/swh:1:rev:{REV}"
+    )
+    assert policy.parse(f"v2/swhid/swh:1:dir:{DIR}").repo_url == f"swh:1:dir:{DIR}"
+    with pytest.raises(SpecError) as e:
+        policy.parse("swhid/swh:1:cnt:" + "0" * 40)
+    assert "(a directory)" in e.value.message
+
+
+async def test_swhid_revision_resolves_and_its_directory_is_downloaded(archives):
+    files = {"requirements.txt": b"six\n", "src/main.py": b"print(1)\n"}
+    archives.swh_directory(DIR, files, revision=REV, links={"src/link.py": "main.py"})
+    policy = policy_for(archives, allowed_providers={"swhid"})
+    spec = await policy.resolve(policy.parse(f"swh:1:rev:{REV}"))
+    # immutable: the identifier is its own version; repo2docker gets the identifier
+    assert (spec.commit, spec.resolved_spec) == (REV, f"swh:1:rev:{REV}")
+    image = image_name(spec, spec.commit)
+    assert image == binderhub_image(f"swhid-swh:1:rev:{REV}", REV)
+    args = get_argparser().parse_args(build.repo2docker_command(spec.repo_url, REV, image)[1:])
+    assert (args.repo, args.ref) == (f"swh:1:rev:{REV}", REV)
+    dest, lines = await download(policy, f"swh:1:rev:{REV}")
+    assert tree(dest) == {**files, "src/link.py": b"print(1)\n"}
+    assert os.readlink(os.path.join(dest, "src/link.py")) == "main.py"
+    assert any("packing" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "files, links, message",
+    [
+        pytest.param(
+            {"a.txt": b"a"}, {"evil": "../../etc/passwd"}, "link leading outside", id="up"
+        ),
+        pytest.param({"a.txt": b"a"}, {"evil": "/etc/passwd"}, "link leading outside", id="abs"),
+        pytest.param({"../x.txt": b"x"}, {}, "leads outside its folder", id="dotdot"),
+    ],
+)
+async def test_malicious_tarballs_are_refused(archives, files, links, message):
+    directory = "%040x" % zlib.crc32(repr((files, links)).encode())
+    archives.swh_directory(directory, files, links=links)
+    policy = policy_for(archives, allowed_providers={"swhid"})
+    with pytest.raises(ArchiveError) as e:
+        await download(policy, f"swh:1:dir:{directory}")
+    assert message in e.value.message
