@@ -115,9 +115,11 @@ def status_error(code, what, retry_after=None):
 class ArchiveClient:
     """HTTP GETs for one policy: checked hops, bounded answers. One per resolution or download."""
 
-    def __init__(self, policy, *, timeout=20.0):
+    def __init__(self, policy, *, timeout=20.0, download_timeout=1800.0):
         self.policy = policy
         self.timeout = timeout
+        #: the most one file's download may take (a server that trickles is cut off)
+        self.download_timeout = download_timeout
         self._client = None
 
     def _http(self):
@@ -210,7 +212,7 @@ class ArchiveClient:
             user_agent=USER_AGENT,
             headers={"Accept": accept},
             connect_timeout=self.timeout,
-            request_timeout=self.timeout if sink is None else 0,
+            request_timeout=self.timeout if sink is None else self.download_timeout,
             header_callback=on_header,
             streaming_callback=on_chunk,
             decompress_response=False,

@@ -190,10 +190,23 @@ class ArchivePolicy(LoggingConfigurable):
     archive_timeout = Float(
         20.0,
         help="""
-        Seconds to connect to an archive, and for one API answer. Downloads
-        have no total time limit but must keep sending. Default 20.
+        Seconds to connect to an archive, and for one API answer (a file's
+        download has :attr:`archive_download_timeout`). Default 20.
 
         Example: ``c.RepoPolicy.archive_timeout = 30``
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
+    archive_download_timeout = Float(
+        1800.0,
+        help="""
+        Seconds the download of one file of a record may take; a slower one
+        (or a server that trickles) fails the launch with a hint to retry.
+        Default 1800 (30 minutes, a build step's limit).
+
+        Example: ``c.RepoPolicy.archive_download_timeout = 600``
 
         .. versionadded:: 0.3
         """,
@@ -270,7 +283,9 @@ class ArchivePolicy(LoggingConfigurable):
         return hosts
 
     def _client(self):
-        return ArchiveClient(self, timeout=self.archive_timeout)
+        return ArchiveClient(
+            self, timeout=self.archive_timeout, download_timeout=self.archive_download_timeout
+        )
 
     # -- resolution -------------------------------------------------------------
 

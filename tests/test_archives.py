@@ -597,3 +597,13 @@ async def test_malicious_tarballs_are_refused(archives, files, links, message):
     with pytest.raises(ArchiveError) as e:
         await download(policy, f"swh:1:dir:{directory}")
     assert message in e.value.message
+
+
+async def test_a_download_that_trickles_is_cut_off(archives):
+    """A server that never finishes sending: the file's download time is bounded."""
+    archives.zenodo_record("7900", {"slow.bin": 1000})
+    archives.zenodo.route("/api/records/7900/files/slow.bin/content", size=-1000)
+    policy = policy_for(archives, archive_download_timeout=0.5)
+    with pytest.raises(ArchiveError) as e:
+        await download(policy, "10.5281/zenodo.7900")
+    assert e.value.status_code == 504 and "Timed out or cut off" in e.value.message
