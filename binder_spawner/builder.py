@@ -13,9 +13,12 @@ its log is followed and, if the connection drops while the build runs,
 reopened without repeating the lines already shown. The build as a whole is
 bounded by ``build_timeout``, after which the pod is deleted.
 
-:data:`WATCHED` counts the launches of this hub process that wait for each
-build pod, so that :mod:`binder_spawner.orphans` can remove the builds
-nobody waits for (e.g. after a hub restart).
+Launches of one hub process that wait for the same build share one follower
+(:class:`_SharedBuild`): one create, one watch and one log stream per build
+whatever the number of launches; each launch gets every progress event, from
+the start. :data:`WATCHED` counts the launches of this hub process that wait
+for each build pod, so that :mod:`binder_spawner.orphans` can remove the
+builds nobody waits for (e.g. after a hub restart).
 """
 
 from __future__ import annotations
@@ -35,6 +38,43 @@ TAIL_LINES = 10
 
 #: (namespace, pod name) -> how many launches of this process wait for that build
 WATCHED = collections.Counter()
+
+#: progress events a launch that joins a running build is shown again, at most
+REPLAYED_EVENTS = 2000
+
+
+class _SharedBuild:
+    """The follower of one build pod that the launches of this process share.
+
+    The first launch's :class:`BuildPod` runs the build (``task``); every
+    launch, the first included, is a listener of its progress events, and a
+    launch that joins later first gets the events so far.
+    """
+
+    #: (namespace, pod name) -> the running _SharedBuild
+    running = {}
+
+    def __init__(self):
+        self.listeners = []
+        self.history = collections.deque(maxlen=REPLAYED_EVENTS)
+        self.task = None
+
+    def emit(self, phase, message):
+        self.history.append((phase, message))
+        for listener in list(self.listeners):
+            listener(phase, message)
+
+    def join(self, listener):
+        for event in self.history:
+            listener(*event)
+        self.listeners.append(listener)
+
+    def leave(self, listener):
+        self.listeners.remove(listener)
+        if not self.listeners and not self.task.done():
+            # nobody waits any more: stop following (the orphan sweeper
+            # deletes a build pod nobody waits for)
+            self.task.cancel()
 
 
 class BuildFailed(Exception):
@@ -114,18 +154,41 @@ class BuildPod:
         return (self.namespace, self.name)
 
     async def run(self, build_timeout):
-        """Build, or wait for the running build; returns when the image is pushed."""
+        """Build, or wait for the running build; returns when the image is pushed.
+
+        A launch of this process already following the same build pod is
+        joined instead: its progress events reach this launch too, and its
+        outcome is this launch's.
+        """
         WATCHED[self.key] += 1
+        listener = self.emit
+        shared = _SharedBuild.running.get(self.key)
+        if shared is None or shared.task.done():
+            shared = _SharedBuild.running[self.key] = _SharedBuild()
+            self.emit = shared.emit
+            shared.task = asyncio.ensure_future(self._run_bounded(build_timeout))
+        else:
+            self.attached = True
+            self.log.info("Build pod %s is followed by another launch, joining it", self.ref)
+            listener("waiting", "Found a build of this image in progress, attaching to it")
+        shared.join(listener)
+        try:
+            await asyncio.shield(shared.task)
+        finally:
+            shared.leave(listener)
+            if shared.task.done() and _SharedBuild.running.get(self.key) is shared:
+                del _SharedBuild.running[self.key]
+            WATCHED[self.key] -= 1
+            if WATCHED[self.key] <= 0:
+                del WATCHED[self.key]
+
+    async def _run_bounded(self, build_timeout):
         try:
             await asyncio.wait_for(self._run(), build_timeout)
         except asyncio.TimeoutError:
             self.log.error("Build pod %s exceeded %s s, deleting it", self.ref, build_timeout)
             await self.delete()
             raise BuildTimedOut(build_timeout, self.tail) from None
-        finally:
-            WATCHED[self.key] -= 1
-            if WATCHED[self.key] <= 0:
-                del WATCHED[self.key]
 
     async def _run(self):
         await self.create()

@@ -389,7 +389,20 @@ async def test_ten_concurrent_launches_make_one_build(env):
     )
     assert all(status == 202 for status, _ in results), results
     await asyncio.gather(*(env.wait_ready("alice", name, timeout=180) for name in names))
-    assert len(env.builds_of(url)) == 1
+    (build_pod,) = env.builds_of(url)
+    # the hub followed the build with one watch and one log stream, not one per launch
+    about_the_build = [
+        info
+        for info in list(env.cluster.api.request_log)
+        if info.resource == "pods"
+        and (
+            info.name == build_pod
+            or info.query.get("fieldSelector") == f"metadata.name={build_pod}"
+        )
+    ]
+    verbs = sorted(info.verb for info in about_the_build)
+    assert verbs.count("watch") <= 2 and verbs.count("list") <= 3, verbs
+    assert len(verbs) <= 10, verbs
     images = {env.user_pod("alice", name)["spec"]["containers"][0]["image"] for name in names}
     assert len(images) == 1
     assert await env.usage(url) == 10

@@ -252,3 +252,73 @@ async def test_a_build_pod_is_followed_through_dropped_watches_and_410(k8s_clust
     assert finished["status"]["phase"] == "Succeeded"
     assert {"1", "2", "3"} <= set(phases)
     assert "expired, listing again" in caplog.text  # the 410 was met
+
+
+@pytest.mark.parametrize("k8s_cluster", [{"nodes": 0}], indirect=True)
+async def test_launches_attached_to_one_build_share_one_follower(k8s_cluster, api):
+    """Ten launches of one image in one hub: the build pod's requests do not grow
+    with the launches (one create, one list, one watch, one log stream, one delete)."""
+    from binder_spawner.builder import WATCHED, BuildPod
+
+    store = k8s_cluster.store
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "build-shared"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "builder", "image": "registry.example.org/r2d:1"}],
+        },
+    }
+
+    async def launches(count):
+        log_before = len(k8s_cluster.api.request_log)
+        events = [[] for _ in range(count)]
+        pods = [
+            BuildPod(
+                api,
+                "default",
+                manifest,
+                log=log,
+                emit=lambda phase, message, seen=seen: seen.append((phase, message)),
+                image_exists=lambda: None,
+                retry=retry(),
+            )
+            for seen in events
+        ]
+        runs = [asyncio.ensure_future(pod.run(60)) for pod in pods]
+        await poll(lambda: WATCHED.get(("default", "build-shared")) == count, message="launches")
+        await poll(lambda: store.get("pods", "default", "build-shared"), message="the pod")
+        store.patch(
+            "pods",
+            "default",
+            "build-shared",
+            {"status": {"phase": "Running"}},
+            subresource="status",
+        )
+        store.patch(
+            "pods",
+            "default",
+            "build-shared",
+            {"status": {"phase": "Succeeded"}},
+            subresource="status",
+        )
+        await asyncio.wait_for(asyncio.gather(*runs), 30)
+        requests = [
+            info
+            for info in list(k8s_cluster.api.request_log)[log_before:]
+            if info.resource == "pods"
+        ]
+        return requests, events
+
+    alone, (events,) = await launches(1)
+    ten, all_events = await launches(10)
+    verbs = sorted(info.verb for info in ten)
+    print(f"pod requests: 1 launch {len(alone)}, 10 launches {len(ten)}: {verbs}")
+    # as many as one launch makes, give or take a watch resumed
+    assert len(ten) <= len(alone) + 2, verbs
+    assert verbs.count("create") == 1 and verbs.count("watch") <= 2, verbs
+    # every launch saw the build to its end
+    for seen in all_events:
+        assert seen[-1] == ("built", "Built image, launching..."), seen
+    assert WATCHED.get(("default", "build-shared")) is None

@@ -18,10 +18,11 @@ bodies. Authentication and authorization (rbac.py) and fault injection
 
 import asyncio
 import base64
+import collections
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -68,6 +69,8 @@ class RequestInfo:
     name: str = ""
     path: str = ""
     is_resource: bool = True
+    #: the query parameters (label and field selectors, watch, ...)
+    query: dict = field(default_factory=dict)
 
 
 def _truthy(value):
@@ -77,7 +80,7 @@ def _truthy(value):
 def parse_request(method, path, query):
     """Resolve a path into a :class:`RequestInfo` (raises 404 for unknown paths)."""
     parts = [p for p in path.split("/") if p]
-    info = RequestInfo(verb=method.lower(), path=path)
+    info = RequestInfo(verb=method.lower(), path=path, query=dict(query))
     if parts[:1] == ["api"] and len(parts) >= 2:
         info.api_group, info.api_version, rest = "", parts[1], parts[2:]
     elif parts[:1] == ["apis"] and len(parts) >= 3:
@@ -149,6 +152,8 @@ class ApiServer:
         self.default_watch_timeout = default_watch_timeout
         self.kubernetes_version = kubernetes_version
         self.request_count = 0
+        #: the :class:`RequestInfo` of every resource request, oldest first
+        self.request_log = collections.deque(maxlen=100_000)
         #: id -> request, for the requests answered with a stream (watches, followed logs)
         self.streams = {}
         if faults is not None:
@@ -171,6 +176,7 @@ class ApiServer:
             return await self.fault_admin(request)
         try:
             info = parse_request(request.method, request.path, request.query)
+            self.request_log.append(info)
             if self.faults is not None:
                 injected = await self.faults.before(info)
                 if injected is not None:
