@@ -20,6 +20,15 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    # The order of a random-order run (pytest-randomly), also under -q, which
+    # hides the header that names it: a failure that depends on the order is
+    # reproduced with the same seed.
+    if config.pluginmanager.hasplugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"Test order: random, reproduced with --randomly-seed={seed}")
+
+
 def test_failed(request):
     rep = getattr(request.node, "rep_call", None)
     return rep is None or rep.failed

@@ -37,6 +37,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 PER_REPO_LIMIT = 2
 TTL = 300
 REPO_URL = "https://github.com/binder-examples/limited"
+#: seconds between the hub's polls of the service process
+SERVICE_POLL_INTERVAL = 0.5
 
 
 class ServiceHub:
@@ -52,6 +54,10 @@ class ServiceHub:
     def move_clock(self, seconds):
         self.offset += seconds
         self.offset_file.write_text(str(self.offset))
+
+    def reset_clock(self):
+        """Back to the real time, for a test that must not inherit another's moves."""
+        self.move_clock(-self.offset)
 
     async def service(self, method, path, *, token=None, json_body=None, direct=True):
         base = self.service_url if direct else self.hub.url + "/services/binder/"
@@ -145,6 +151,17 @@ async def env(tmp_path_factory):
         }}
     )
     c.JupyterHub.load_roles.append({service_role()!r})
+    # the hub polls a managed service every Spawner.poll_interval (30 s) and
+    # restarts it when it exited; its _ServiceSpawner takes no configuration
+    # (jupyterhub/services/service.py, Service.start), so a test that kills the
+    # service polls sooner through a subclass
+    import jupyterhub.services.service as _service
+    from traitlets import Float as _Float
+
+    class _FastPolledServiceSpawner(_service._ServiceSpawner):
+        poll_interval = _Float({SERVICE_POLL_INTERVAL})
+
+    _service._ServiceSpawner = _FastPolledServiceSpawner
     """
     hub = await start_hub(directory / "hub", textwrap.dedent(config))
     env = ServiceHub(hub, f"http://127.0.0.1:{port}/services/binder/", offset_file, events_file)
@@ -298,12 +315,12 @@ async def test_reservations_at_the_limit(env):
     await env.ready("lim1")
     await env.ready("lim2")
 
-    async def counted():
-        repos = (await env.usage())["repos"]
-        return len(repos) == 1 and list(repos.values()) == [PER_REPO_LIMIT] and repos
+    repo_key = "gh/binder-examples/limited"
 
-    repos = await poll(counted, message="both servers counted")
-    (repo_key,) = repos
+    async def counted():
+        return (await env.usage())["repos"].get(repo_key) == PER_REPO_LIMIT
+
+    await poll(counted, message="both servers counted")
     # the spawner of a running server renews its reservation: idempotent, same id
     first = await env.service(
         "POST",
@@ -319,7 +336,7 @@ async def test_reservations_at_the_limit(env):
     )
     assert first[0] in (200, 201) and again[0] == 200
     assert first[1]["id"] == again[1]["id"]
-    assert (await env.usage())["repos"] == {repo_key: PER_REPO_LIMIT}
+    assert (await env.usage())["repos"][repo_key] == PER_REPO_LIMIT
 
     # a third server of the same repository is refused while it starts
     await env.start_server("lim3", start_delay=3)
@@ -420,11 +437,15 @@ async def test_reservations_belong_to_their_user(env):
 
 
 async def test_launch_events(env):
+    await env.user("evt1")
+    await env.start_server("evt1", repo="https://github.com/binder-examples/events")
+    await env.ready("evt1")
+
     async def event():
         if not env.events_file.exists():
             return None
         lines = [json.loads(line) for line in env.events_file.read_text().splitlines()]
-        return [e for e in lines if e["spec"] == "binder-examples/limited/main"] or None
+        return [e for e in lines if e["spec"] == "binder-examples/events/main"] or None
 
     events = await poll(event, message="a launch event")
     assert events[0]["schema"] == "binderhub.jupyter.org/launch"
@@ -441,19 +462,34 @@ async def test_launch_events(env):
         "origin",
     }
     text = env.events_file.read_text()
-    assert "lim1" not in text and "127.0.0.1" not in text
+    assert "evt1" not in text and "127.0.0.1" not in text
+    status, _ = await env.hub.api("DELETE", "/users/evt1/server")
+    assert status in (202, 204)
 
 
 async def test_restart_keeps_counts(env):
     """Kill the service; the hub restarts it; it counts the same servers again."""
+    repo, repo_key = "https://github.com/binder-examples/restart", "gh/binder-examples/restart"
+    for name in ("rst1", "rst2"):
+        await env.user(name)
+        await env.start_server(name, repo=repo)
+    for name in ("rst1", "rst2"):
+        await env.ready(name)
+    # reservations that never get a server
+    for i in range(PER_REPO_LIMIT):
+        status, body, _ = await env.service(
+            "POST",
+            "api/reservations",
+            token=env.hub.token,
+            json_body={"user": f"rst-burst{i}", "server": "", "repo": "gh/org/rst-burst"},
+        )
+        assert status == 201, body
 
     async def settled():
         repos = (await env.usage())["repos"]
-        return len(repos) == 2 and repos.get("gh/org/burst") == PER_REPO_LIMIT and repos
+        return repos.get(repo_key) == PER_REPO_LIMIT and repos.get("gh/org/rst-burst")
 
-    before = await poll(settled, message="only lim1, lim2 and the burst counted")
-    (repo_key,) = set(before) - {"gh/org/burst"}
-    assert before[repo_key] == PER_REPO_LIMIT
+    await poll(settled, message="rst1, rst2 and the reservations counted")
     pid = service_pid(env)
     os.kill(pid, signal.SIGKILL)
 
@@ -465,12 +501,13 @@ async def test_restart_keeps_counts(env):
             status, _, _ = await env.service("GET", "health")
             return status == 200
 
-    # the hub notices a dead service at its next poll (30 s, JupyterHub's default)
-    await poll(restarted, timeout=90, interval=0.2, message="the hub to restart binder_service")
-    # the running servers are counted again; the burst reservations never got a
+    # the hub notices a dead service at its next poll of it (SERVICE_POLL_INTERVAL here)
+    await poll(restarted, timeout=30, interval=0.2, message="the hub to restart binder_service")
+    # the running servers are counted again; the reservations never got a
     # server, so they are not (no leak); the repository is still full (no overshoot)
-    after = await env.usage()
-    assert after["repos"] == {repo_key: PER_REPO_LIMIT}
+    repos = (await env.usage())["repos"]
+    assert repos[repo_key] == PER_REPO_LIMIT
+    assert "gh/org/rst-burst" not in repos
     status, body, _ = await env.service(
         "POST",
         "api/reservations",
@@ -478,6 +515,9 @@ async def test_restart_keeps_counts(env):
         json_body={"user": "late", "server": "", "repo": repo_key},
     )
     assert status == 429, body
+    for name in ("rst1", "rst2"):
+        status, _ = await env.hub.api("DELETE", f"/users/{name}/server")
+        assert status in (202, 204)
 
 
 def service_pid(env, missing_ok=False):
@@ -498,6 +538,8 @@ def service_pid(env, missing_ok=False):
 
 
 async def test_culling(env):
+    # new anonymous users must be younger than anonymous_grace on the service's clock
+    env.reset_clock()
     anon = await env.user("anon-idle", groups=["binder-anonymous"])
     del anon
     await env.user("anon-old", groups=["binder-anonymous"])
@@ -561,6 +603,8 @@ async def _repo_gone(env, repo):
 
 
 async def test_hub_api_reads_every_page(env):
+    for i in range(5):
+        await env.user(f"page{i}")
     hub = HubAPI(api_url=env.hub.api_url, api_token=env.hub.token, page_size=2)
     names = [user["name"] async for user in hub.users()]
     status, everyone = await env.hub.api("GET", "/users?limit=200")
