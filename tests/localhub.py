@@ -19,12 +19,16 @@ import aiohttp
 
 from .gitserver import GitServer
 from .hub import start_hub
-from .utils import REPO_ROOT, free_port, poll
+from .utils import REPO_ROOT, free_port, poll, uid_base
 
 
 def shared_cache_dir():
-    """The uv download cache shared by the test runs (both dependency sets)."""
-    path = os.path.join(tempfile.gettempdir(), "jupyterhub-binder-test-cache")
+    """The download cache shared by the test runs of one sandbox uid range.
+
+    A build hands the cache to its build uid, so two runs side by side (scripts/test,
+    one uid range each) would take it from each other in the middle of a build.
+    """
+    path = os.path.join(tempfile.gettempdir(), f"jupyterhub-binder-test-cache-{uid_base()}")
     os.makedirs(path, mode=0o711, exist_ok=True)
     return path
 

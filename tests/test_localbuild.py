@@ -21,6 +21,7 @@ from binder_spawner.localplan import (
 )
 
 from .gitserver import GitServer
+from .localhub import shared_cache_dir
 from .utils import run_config
 
 # A real, tiny, pure-Python package from PyPI (one wheel, no dependencies).
@@ -178,13 +179,6 @@ def git(tmp_path_factory):
     server.start()
     yield server
     server.stop()
-
-
-def shared_cache_dir():
-    """The uv download cache shared by the test runs (both dependency sets)."""
-    path = os.path.join(tempfile.gettempdir(), "jupyterhub-binder-test-cache")
-    os.makedirs(path, mode=0o711, exist_ok=True)
-    return path
 
 
 def make_builder(root, **kwargs):
