@@ -170,3 +170,18 @@ async def test_bad_yaml_refused_with_its_line(git, build_root, channel):
     await collect(task)
     with pytest.raises(UnsupportedRepository, match="environment.yml is not valid YAML"):
         await task.result()
+
+
+async def test_apt_txt_refused_under_the_refuse_policy(git, build_root, channel):
+    # the warn policy (the default) is tested through a hub in test_local_conda_hub.py
+    url = git.create_repo(
+        "org/conda-apt",
+        {"environment.yml": "dependencies: [binderlib]\n", "apt.txt": "curl\nvim\n"},
+    )
+    builder = make_builder(build_root, channel, apt_policy="refuse")
+    task = builder.build(url, git.sha("org/conda-apt"))
+    await collect(task)
+    with pytest.raises(UnsupportedRepository) as info:
+        await task.result()
+    assert "system packages from apt.txt (curl, vim)" in info.value.message
+    assert "Kubernetes mode" in info.value.message

@@ -1,4 +1,5 @@
-"""Conda environments through a real local-mode hub: launch, run code, reuse, errors, apt.txt.
+"""Conda environments through a real local-mode hub: launch, run code, reuse, errors, apt.txt,
+and a visitor's browser landing in JupyterLab and running a cell.
 
 One hub for the module, configured as a site with its own conda mirror would
 be (``conda_channel_alias`` pointing at the test channel served on loopback,
@@ -7,16 +8,38 @@ the package index, as in every local-mode build.
 """
 
 import json
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
+from playwright.async_api import async_playwright
 
 from .condachannel import CHANNEL, ChannelServer, cached_channel, host_python
 from .localhub import local_hub_session
+from .test_local_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-NOTEBOOK = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "use-the-environment",
+            "metadata": {},
+            "outputs": [],
+            "source": [
+                "import os, binderlib\n",
+                "print('binderlib', binderlib.VERSION, os.environ['BINDERTOOL_ACTIVE'])",
+            ],
+        }
+    ],
+    "metadata": {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +63,28 @@ def messages(events):
     return [event.get("message", "") for event in events]
 
 
-async def test_environment_yml_launch_runs_and_is_reused(local):
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def demo(local):
+    """An environment.yml repository, built once for the module by erin's first launch.
+
+    Returns (url, progress events of that launch); the browser test launches the
+    same commit, so the module builds it once.
+    """
     url = local.git.create_repo(
         "org/conda-demo",
         {
             "environment.yml": "name: demo\ndependencies:\n  - binderlib >=2\n"
             "  - pip:\n    - six==1.17.0\n",
             "start": '#!/bin/bash\nexport FROM_START="$BINDERTOOL_ACTIVE"\nexec "$@"\n',
-            "index.ipynb": NOTEBOOK,
+            "analysis.ipynb": json.dumps(NOTEBOOK),
         },
     )
     events = await local.launch("erin", {"repo": url, "ref": "main", "urlpath": "lab"})
+    return url, events
+
+
+async def test_environment_yml_launch_runs_and_is_reused(local, demo):
+    url, events = demo
     lines = messages(events)
     assert events[-1].get("ready"), lines
     assert any(line.startswith("Solved 3 conda packages") for line in lines), lines
@@ -85,6 +119,45 @@ async def test_environment_yml_launch_runs_and_is_reused(local):
     assert out.strip() == "2.0"
     await local.stop("frank")
     await local.stop("erin")
+
+
+async def test_browser_lands_in_jupyterlab_and_runs_a_cell(local, demo, tmp_path):
+    """A visitor's launch link (headless Chromium, fresh profile) to the environment.yml
+    repository opens its notebook in JupyterLab; the cell runs in the conda environment."""
+    url, _ = demo
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 800})
+            page = await context.new_page()
+            console = []
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            link = (
+                f"{local.hub.url}/services/binder/v2/git/{quote(url, safe='')}/main"
+                "?urlpath=lab/tree/analysis.ipynb"
+            )
+            await page.goto(link)
+            await page.wait_for_url("**/lab/tree/analysis.ipynb**", timeout=400_000)
+            # the notebook's kernel (python3 of the conda environment) is up and
+            # connected, as the status bar says, before the cell is run
+            status = page.locator(".jp-StatusBar-TextItem", has_text="| Idle")
+            await status.first.wait_for(timeout=180_000)
+            editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+            await editor.click()
+            try:
+                await page.keyboard.press("Shift+Enter")
+                output = page.locator(".jp-OutputArea-output", has_text="binderlib 2.0 yes")
+                await output.first.wait_for(timeout=120_000)
+            except BaseException:
+                print("\n".join(console[-60:]))
+                raise
+            finally:
+                await page.screenshot(path=str(shots / "cell.png"))
+        finally:
+            await browser.close()
+    assert (shots / "cell.png").stat().st_size > 0
 
 
 async def test_binder_environment_wins_and_apt_txt_is_listed(local):
