@@ -386,7 +386,9 @@ async def test_launch_with_a_build_then_cull(deployment):
 @pytest.mark.parametrize("verb", ["create", "watch"])
 async def test_pods_create_and_watch_are_needed_for_a_build(deployment, verb):
     repo = f"org/needs-pods-{verb}"
-    url = deployment.git.create_repo(repo, FILES)
+    # the build still runs when the launch starts to follow it (a build that ended
+    # before the launch's first list needs no watch)
+    url = deployment.git.create_repo(repo, {**FILES, "SLOW_BUILD": "3"})
     with deployment.revoked("pods", verb):
         events = await deployment.launch(f"pods-{verb}", url)
     assert events[-1].get("failed"), events[-1]

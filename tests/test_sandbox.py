@@ -13,7 +13,7 @@ import pytest
 from binder_spawner.sandbox import LAUNCHER, SANDBOX_HOME, Sandbox, sandbox_command, trusted_which
 from binder_spawner.seal import chown_tree
 
-from .utils import LowestAvailableMemory, poll, uid_base
+from .utils import poll, uid_base
 
 PYTHON = "/usr/bin/python3"  # under /usr: visible in every sandbox
 
@@ -359,15 +359,12 @@ async def test_memory_limit_counts_every_process_and_tmpfs(layout, cgroup_sandbo
     sandbox, make = cgroup_sandbox
     paths = layout[1]
     group = make(kind)
-    async with LowestAvailableMemory() as memory:
-        code, out, err = await run_sandboxed(
-            sandbox, paths, MEMORY_HOGS[kind], user_id=5, cgroup=group
-        )
+    code, out, err = await run_sandboxed(sandbox, paths, MEMORY_HOGS[kind], user_id=5, cgroup=group)
     assert "survived" not in out
     assert group.oom_kills() >= 1
-    assert group.memory_peak() <= 384 * 1024**2
-    # the host never lent the server much more than its limit
-    assert memory.drop < 384 * 1024**2 + 128 * 1024**2
+    # the cgroup counted all of it (processes and tmpfs pages) up to its limit; the
+    # host's free memory says nothing here, another test run may share the host
+    assert 0.9 * 384 * 1024**2 <= group.memory_peak() <= 384 * 1024**2
 
 
 async def test_process_limit_is_per_cgroup(layout, cgroup_sandbox):

@@ -48,34 +48,3 @@ async def poll(predicate, timeout=30, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
-
-
-def available_memory():
-    """The host's available memory in bytes (``MemAvailable``)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no MemAvailable in /proc/meminfo")
-
-
-class LowestAvailableMemory:
-    """``async with`` it: ``drop`` is how far the host's available memory fell meanwhile."""
-
-    async def __aenter__(self):
-        self.before = self.lowest = available_memory()
-        self._task = asyncio.ensure_future(self._watch())
-        return self
-
-    async def _watch(self):
-        while True:
-            self.lowest = min(self.lowest, available_memory())
-            await asyncio.sleep(0.02)
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    @property
-    def drop(self):
-        return self.before - self.lowest
