@@ -17,6 +17,7 @@ from playwright.async_api import async_playwright
 from .condachannel import CHANNEL, ChannelServer, cached_channel, host_python
 from .localhub import local_hub_session
 from .test_local_browser import CHROMIUM, CHROMIUM_ARGS
+from .utils import uid_base
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -181,6 +182,24 @@ async def test_binder_environment_wins_and_apt_txt_is_listed(local):
     out = await local.run_code("grace", "import binderlib; print(binderlib.VERSION)")
     assert out.strip() == "1.0"
     await local.stop("grace")
+
+
+async def test_apt_txt_refused_through_a_hub_under_the_refuse_policy(tmp_path_factory, request):
+    # a second hub beside the module's: its own sandbox uids, as two hubs must have
+    config = (
+        f'c.EnvironmentBuilder.apt_policy = "refuse"\nc.Sandbox.uid_base = {uid_base() + 500_000}\n'
+    )
+    async with local_hub_session(tmp_path_factory, request, "apt-refuse-hub", config) as strict:
+        url = strict.git.create_repo(
+            "org/conda-apt-refused",
+            {"environment.yml": "dependencies: [binderlib]\n", "apt.txt": "curl\nvim\n"},
+        )
+        events = await strict.launch("heidi", {"repo": url})
+    lines = messages(events)
+    assert events[-1].get("failed"), lines
+    assert "system packages from apt.txt (curl, vim)" in lines[-1], lines
+    assert "Kubernetes mode" in lines[-1], lines
+    assert not any(line.startswith("Environment ready") for line in lines), lines
 
 
 async def test_unsatisfiable_environment_explained_on_the_progress_page(local):
