@@ -266,7 +266,16 @@ def service_pids(port):
 
 
 async def test_launch_links_while_the_service_is_down_get_the_sentence(env):
-    """Runs last: it stops the module's binder_service."""
+    """Kills the module's binder_service, then restarts the hub (and so the service)."""
+    try:
+        await _launch_links_while_the_service_is_down(env)
+    finally:
+        # the tests after this one (any order) get a hub with its service again
+        await env.hub.stop()
+        await env.start_hub()
+
+
+async def _launch_links_while_the_service_is_down(env):
     url = env.git.create_repo("org/cheap-nosvc", FILES)
     browser = env.hub.browser()
     for pid in service_pids(env.service_port):
