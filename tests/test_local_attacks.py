@@ -22,12 +22,13 @@ import pytest
 import pytest_asyncio
 
 from .localhub import local_hub_session
-from .utils import poll
+from .utils import poll, uid_base
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 # root-only, outside every sandbox: only a program run by root on the host can write here
-PROOF_DIR = "/var/tmp/binder-attack-proof"
+# one per test run: two runs side by side (scripts/test) each remove theirs
+PROOF_DIR = f"/var/tmp/binder-attack-proof-{uid_base()}"
 
 # programs root runs (or once ran) by name, and the interpreter
 HIJACKED_BY_POSTBUILD = ["uv", "git", "cp", "tar", "chmod", "sh", "env", "python", "python3"]
