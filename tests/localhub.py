@@ -19,7 +19,7 @@ import aiohttp
 
 from .gitserver import GitServer
 from .hub import start_hub
-from .utils import REPO_ROOT, free_port, poll, uid_base
+from .utils import REPO_ROOT, free_port, poll, run_config, uid_base
 
 
 def shared_cache_dir():
@@ -31,6 +31,30 @@ def shared_cache_dir():
     path = os.path.join(tempfile.gettempdir(), f"jupyterhub-binder-test-cache-{uid_base()}")
     os.makedirs(path, mode=0o711, exist_ok=True)
     return path
+
+
+def reachable_build_root(prefix):
+    """A directory the sandbox uids can reach (pytest's tmp is 0700); remove it when done."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(root, 0o711)
+    return root
+
+
+def make_builder(root, **kwargs):
+    """An in-process EnvironmentBuilder over ``root``, with this run's cache and uid range.
+
+    No Jupyter packages unless asked for (they are tested through hubs).
+    """
+    from binder_spawner.localbuild import EnvironmentBuilder
+
+    kwargs.setdefault("jupyter_packages", [])
+    kwargs.setdefault("config", run_config())
+    return EnvironmentBuilder(
+        envs_dir=os.path.join(root, "envs"),
+        cache_dir=shared_cache_dir(),
+        python_downloads=False,
+        **kwargs,
+    )
 
 
 async def start_local_hub(directory, git_server, extra_config=""):

@@ -8,17 +8,15 @@ here; launches through a hub in ``test_local_conda_hub.py``.
 
 import os
 import shutil
-import tempfile
 
 import pytest
 
-from binder_spawner.localbuild import BuildError, EnvironmentBuilder
+from binder_spawner.localbuild import BuildError
 from binder_spawner.localplan import UnsupportedRepository
 
 from .condachannel import CHANNEL, PLACEHOLDER, ChannelServer, cached_channel, host_python
-from .gitserver import GitServer
-from .localhub import shared_cache_dir
-from .utils import run_config
+from .localhub import make_builder as make_local_builder
+from .localhub import reachable_build_root
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -34,30 +32,19 @@ def channel():
 
 @pytest.fixture(scope="module")
 def build_root():
-    root = tempfile.mkdtemp(prefix="binder-conda-")
-    os.chmod(root, 0o711)
+    root = reachable_build_root("binder-conda-")
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def git(tmp_path_factory):
-    server = GitServer(tmp_path_factory.mktemp("git"))
-    server.start()
-    yield server
-    server.stop()
+def git(module_git_server):
+    return module_git_server
 
 
 def make_builder(root, channel, **kwargs):
-    kwargs.setdefault("jupyter_packages", [])
-    kwargs.setdefault("config", run_config())
-    return EnvironmentBuilder(
-        envs_dir=os.path.join(root, "envs"),
-        cache_dir=shared_cache_dir(),
-        python_downloads=False,
-        conda_channel_alias=channel.url,
-        conda_channels=[CHANNEL],
-        **kwargs,
+    return make_local_builder(
+        root, conda_channel_alias=channel.url, conda_channels=[CHANNEL], **kwargs
     )
 
 

@@ -5,12 +5,11 @@ import glob
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from binder_spawner.localbuild import BuildError, EnvironmentBuilder
+from binder_spawner.localbuild import BuildError
 from binder_spawner.localplan import (
     UnsupportedRepository,
     environment_key,
@@ -20,9 +19,7 @@ from binder_spawner.localplan import (
     select_evictions,
 )
 
-from .gitserver import GitServer
-from .localhub import shared_cache_dir
-from .utils import run_config
+from .localhub import make_builder, reachable_build_root
 
 # A real, tiny, pure-Python package from PyPI (one wheel, no dependencies).
 SMALL_PACKAGE = "six==1.17.0"
@@ -166,30 +163,14 @@ def test_environment_key_is_readable_and_distinct():
 
 @pytest.fixture(scope="module")
 def build_root():
-    """Environments in a directory the sandbox uids can reach (pytest's tmp is 0700)."""
-    root = tempfile.mkdtemp(prefix="binder-localbuild-")
-    os.chmod(root, 0o711)
+    root = reachable_build_root("binder-localbuild-")
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def git(tmp_path_factory):
-    server = GitServer(tmp_path_factory.mktemp("git"))
-    server.start()
-    yield server
-    server.stop()
-
-
-def make_builder(root, **kwargs):
-    kwargs.setdefault("jupyter_packages", [])  # the server packages are tested in test_local_mode
-    kwargs.setdefault("config", run_config())
-    return EnvironmentBuilder(
-        envs_dir=os.path.join(root, "envs"),
-        cache_dir=shared_cache_dir(),
-        python_downloads=False,
-        **kwargs,
-    )
+def git(module_git_server):
+    return module_git_server
 
 
 def read(*parts):
