@@ -108,6 +108,38 @@ async def test_conda_environment_built_sealed_and_activated(git, build_root, cha
     assert any("(cached solve)" in line for line in lines), lines
 
 
+def records(meta):
+    """Root's build records (markers), without the lock files."""
+    try:
+        return sorted(n for n in os.listdir(meta) if not n.endswith(".lock"))
+    except FileNotFoundError:
+        return []
+
+
+async def test_conda_prefix_links_into_the_hubs_records_are_refused(git, build_root, channel):
+    # an attacker's postBuild swaps the prefix's conda-meta (which root lists for the
+    # Python version) for a link to root's own records, and plants a second one in bin/
+    builder = make_builder(build_root, channel)
+    meta = builder.meta_dir
+    url = git.create_repo(
+        "org/conda-links",
+        {
+            "environment.yml": "dependencies: [binderlib]\n",
+            "postBuild": "#!/bin/bash\nset -e\ncd /srv/binder/venv\n"
+            f"rm -rf conda-meta\nln -s {meta} conda-meta\nln -s {meta} bin/hub-records\n",
+        },
+    )
+    before = records(meta)
+    task = builder.build(url, git.sha("org/conda-links"))
+    await collect(task)
+    with pytest.raises(BuildError, match="The build left something unsafe"):
+        await task.result()
+    # nothing of the build is kept, root's records are as they were (but for no marker)
+    assert not exists(builder.envs_dir, task.key)
+    assert builder.load(task.key) is None
+    assert records(meta) == before
+
+
 async def test_other_environment_is_solved_again(git, build_root, channel):
     url = git.create_repo(
         "org/conda-old", {"environment.yml": "dependencies:\n  - binderlib <2\n  - python\n"}
