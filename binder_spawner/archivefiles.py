@@ -176,18 +176,7 @@ def _extract(zf, dir_fd, name, max_files, max_bytes, only=None):
             continue
         try:
             with zf.open(info) as src, create_file(dir_fd, "/".join(parts)) as dst:
-                while True:
-                    chunk = src.read(1024 * 1024)
-                    if not chunk:
-                        break
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise ArchiveError(
-                            f"The record's archive unpacks to more than the "
-                            f"{max_bytes / 1024**2:,.0f} MB this hub allows.",
-                            413,
-                        )
-                    dst.write(chunk)
+                total = _copy_capped(src, dst, total, max_bytes)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as e:
             raise ArchiveError(
                 f"The record's file {name!r} could not be unpacked: {e}.", 422
@@ -322,18 +311,7 @@ def _extract_tar(tf, members, dir_fd, max_bytes, only):
             continue
         src = tf.extractfile(member)
         with src, create_file(dir_fd, "/".join(parts)) as dst:
-            while True:
-                chunk = src.read(1024 * 1024)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ArchiveError(
-                        f"The record's archive unpacks to more than the "
-                        f"{max_bytes / 1024**2:,.0f} MB this hub allows.",
-                        413,
-                    )
-                dst.write(chunk)
+            total = _copy_capped(src, dst, total, max_bytes)
         files += 1
     return files, total
 
@@ -351,3 +329,23 @@ def is_tar(dir_fd, name):
                 return True
         except (tarfile.TarError, EOFError):
             return False
+
+
+def _copy_capped(src, dst, total, max_bytes):
+    """Copy ``src`` to ``dst``; ``total`` counts the bytes the whole archive unpacked.
+
+    Returns the new total; raises :class:`ArchiveError` past ``max_bytes`` (a bomb
+    is stopped by what it writes, whatever its listing declared).
+    """
+    while True:
+        chunk = src.read(1024 * 1024)
+        if not chunk:
+            return total
+        total += len(chunk)
+        if total > max_bytes:
+            raise ArchiveError(
+                f"The record's archive unpacks to more than the "
+                f"{max_bytes / 1024**2:,.0f} MB this hub allows.",
+                413,
+            )
+        dst.write(chunk)
