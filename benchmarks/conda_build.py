@@ -10,26 +10,19 @@ prefix placeholder, activation script and kernel), indexed with rattler and
 served over HTTP on loopback: no conda channel is reachable here, so these are
 the costs of rattler's solve and install and of local mode's build around them,
 not of downloading conda-forge. One repository (``environment.yml``:
-``binderlib >=2``, 3 packages) is built:
+``binderlib >=2``, 3 packages) is built at a new commit ``--repeat`` times.
+Every build starts with an empty conda cache of its own (repodata, packages),
+as every real build does.
 
-- ``cold``: empty conda cache (repodata, packages, solves), a new commit;
-- ``warm_cached_solve``: the same environment.yml at a new commit: the solve
-  comes from the solve cache and the packages from the package cache;
-- ``warm_new_solve``: an environment.yml with new content at a new commit:
-  solved again from cached repodata, packages from the cache.
-
-For each, ``build_s`` (the whole build: clone, solve, install, sealing) and the
-split the build log reports: ``solve_s`` and ``install_s``, medians of
-``--repeat`` (each repetition starts with an empty conda cache). ``--with-jupyter``
-adds JupyterLab and jupyterhub as every real launch does (uv, from its cache).
+Reported: ``build_s`` (the whole build: clone, solve, install, sealing) and the
+split the build log reports, ``solve_s`` and ``install_s``, medians of
+``--repeat``. ``--with-jupyter`` adds JupyterLab and jupyterhub as every real
+launch does (uv, from the wheelhouse, downloaded before the first build).
 
 Measured 2026-11-30 on the 2-core development machine, shared (load average
-6.9-8.5), ``--repeat 3``, medians (runs in brackets):
-
-- cold: build 2.02 s (2.28, 2.02, 1.86), solve 0.04 s, install 0.19 s;
-- warm, cached solve: build 1.92 s, solve 0.00 s, install 0.11 s;
-- warm, new solve from cached repodata: build 2.05 s, solve 0.06 s,
-  install 0.14 s.
+6.9-8.5), ``--repeat 3``, medians (runs in brackets): build 2.02 s (2.28,
+2.02, 1.86), solve 0.04 s, install 0.19 s. (Builds then shared a conda cache;
+a new commit with a cached solve took 1.92 s.)
 
 With 3 small packages, rattler's solve and install are a tenth of the build;
 the rest is the clone, the sandboxed steps' start-up and sealing. A real
@@ -107,20 +100,17 @@ async def main(args):
     root = reachable_dir("bench-conda-")
     env_yml = "dependencies:\n  - binderlib >=2\n"
     url = git.create_repo("org/conda-bench", {"environment.yml": env_yml})
-    results = {"cold": [], "warm_cached_solve": [], "warm_new_solve": []}
-    # uv's cache (JupyterLab) is the tests' shared one; the conda part starts cold
+    results = {"build": []}
+    # the wheelhouse (JupyterLab) is the tests' shared one
     cache = shared_cache_dir() if args.with_jupyter else reachable_dir("bench-conda-cache-")
     try:
+        builder = make_builder(root, cache, channel, args.with_jupyter)
+        if args.with_jupyter:
+            _, version, _ = await builder._choose_python(None)
+            await builder.wheelhouse.get(version)
         for i in range(args.repeat):
-            shutil.rmtree(os.path.join(cache, "conda"), ignore_errors=True)
-            os.makedirs(os.path.join(root, f"run{i}"), mode=0o711)
-            builder = make_builder(os.path.join(root, f"run{i}"), cache, channel, args.with_jupyter)
-            commit = git.commit("org/conda-bench", {"run.txt": f"cold {i}\n"})
-            results["cold"].append(await timed_build(builder, url, commit))
-            commit = git.commit("org/conda-bench", {"run.txt": f"warm {i}\n"})
-            results["warm_cached_solve"].append(await timed_build(builder, url, commit))
-            commit = git.commit("org/conda-bench", {"environment.yml": f"# variant {i}\n{env_yml}"})
-            results["warm_new_solve"].append(await timed_build(builder, url, commit))
+            commit = git.commit("org/conda-bench", {"run.txt": f"build {i}\n"})
+            results["build"].append(await timed_build(builder, url, commit))
     finally:
         git.stop()
         channel.stop()

@@ -7,12 +7,16 @@ the repository root, with ``node_modules/.bin`` on PATH; needs bubblewrap, git
 and access to PyPI. It serves one small repository (``requirements.txt`` with
 ``six``, a notebook) from a real git smart-HTTP server on loopback and measures:
 
-- ``build_cold_cache_s``: a build with an empty download cache (clone, venv,
-  resolve and download JupyterLab, jupyterhub and the requirement, install);
-- ``build_warm_cache_s``: the same repository at a new commit, cache populated
-  (what a new commit of a known repository costs), median of ``--repeat``;
-- ``pip_build_warm_cache_s``: the same build with ``python -m venv`` + pip and
-  pip's own populated cache, median of ``--repeat``;
+- ``wheelhouse_download_s``: root downloading the wheelhouse (JupyterLab,
+  jupyterhub and their dependencies as wheels) for the build's Python, once;
+- ``build_s``: a build at a new commit (clone, venv, resolve, JupyterLab and
+  jupyterhub from the wheelhouse, the requirement from PyPI, install, seal),
+  each in a download cache of its own, as every build is; median of
+  ``--repeat``;
+- ``build_without_wheelhouse_s``: the same with
+  ``jupyter_wheelhouse = False``: every build downloads everything;
+- ``pip_build_s``: ``build_s`` with ``python -m venv`` + pip
+  (``installer = "pip"``), median of ``--repeat``;
 - through a real hub (the root jupyterhub_config.py, proxy, service):
   ``launch_cold_s``, from the spawn request to the server being ready, for a
   commit never built; ``relaunch_warm_median_s``: the same commit again, after
@@ -38,8 +42,10 @@ Measured 2026-11-29 on the 2-core development machine, load average 1.1
 - a cold launch 15.8 s, of which the build 12.9 s and sealing 0.77 s
   (23,141 files, 348 MB).
 
-Earlier (2026-11-28, load 8.3 -> 3.6, ``--repeat 5``): build_cold_cache 20.3 s,
-build_warm_cache 8.2 s, pip_build_warm_cache 96.1 s (uv 11.7x faster).
+Earlier (2026-11-28, load 8.3 -> 3.6, ``--repeat 5``), when all builds shared
+one download cache (which let one repository's build code change what later
+builds installed): build with an empty cache 20.3 s, with the shared cache
+8.2 s, pip with its shared cache 96.1 s.
 """
 
 import argparse
@@ -82,34 +88,40 @@ async def timed_build(builder, url, commit):
     return time.perf_counter() - started
 
 
+async def median_build(builder, git, url, repeat, label):
+    times = []
+    for i in range(repeat):
+        commit = git.commit("bench/demo", {"n.txt": f"{label} {i}"})
+        times.append(await timed_build(builder, url, commit))
+    return statistics.median(times), [round(t, 2) for t in times]
+
+
 async def builds(git, url, repeat):
     results = {}
     root = reachable_dir("binder-bench-build-")
     try:
         cache = os.path.join(root, "cache")
-        uv = EnvironmentBuilder(
-            envs_dir=os.path.join(root, "envs-uv"), cache_dir=cache, python_downloads=False
-        )
-        results["build_cold_cache_s"] = await timed_build(uv, url, git.sha("bench/demo"))
-        warm = []
-        for i in range(repeat):
-            commit = git.commit("bench/demo", {"n.txt": f"uv {i}"})
-            warm.append(await timed_build(uv, url, commit))
-        results["build_warm_cache_s"] = statistics.median(warm)
 
-        pip = EnvironmentBuilder(
-            envs_dir=os.path.join(root, "envs-pip"),
-            cache_dir=cache,
-            python_downloads=False,
-            installer="pip",
+        def builder(name, **kwargs):
+            return EnvironmentBuilder(
+                envs_dir=os.path.join(root, name), cache_dir=cache, python_downloads=False, **kwargs
+            )
+
+        uv = builder("envs-uv")
+        _, version, _ = await uv._choose_python(None)
+        started = time.perf_counter()
+        assert await uv.wheelhouse.get(version) is not None, "the wheelhouse download failed"
+        results["wheelhouse_download_s"] = time.perf_counter() - started
+        results["build_s"], results["build_all_s"] = await median_build(uv, git, url, repeat, "uv")
+        bare = builder("envs-bare", jupyter_wheelhouse=False)
+        (
+            results["build_without_wheelhouse_s"],
+            results["build_without_wheelhouse_all_s"],
+        ) = await median_build(bare, git, url, repeat, "bare")
+        pip = builder("envs-pip", installer="pip")
+        results["pip_build_s"], results["pip_build_all_s"] = await median_build(
+            pip, git, url, repeat, "pip"
         )
-        # one build fills pip's cache; then the same measurement as for uv
-        await timed_build(pip, url, git.commit("bench/demo", {"n.txt": "pip warm-up"}))
-        warm = []
-        for i in range(repeat):
-            commit = git.commit("bench/demo", {"n.txt": f"pip {i}"})
-            warm.append(await timed_build(pip, url, commit))
-        results["pip_build_warm_cache_s"] = statistics.median(warm)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
@@ -208,9 +220,8 @@ async def main(argv=None):
     for key, value in results.items():
         shown = f"{value:.2f}" if isinstance(value, float) else value
         print(f"{key:40} {shown}")
-    if "pip_build_warm_cache_s" in results:
-        ratio = results["pip_build_warm_cache_s"] / results["build_warm_cache_s"]
-        print(f"uv vs pip (warm cache): {ratio:.1f}x")
+    if "pip_build_s" in results:
+        print(f"uv vs pip: {results['pip_build_s'] / results['build_s']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,16 @@ interpreter::
 
 ``REQUEST_JSON`` holds ``rattler_path`` (the folder holding the ``rattler``
 package, mounted read-only from the hub's installation), ``channels``,
-``channel_alias``, ``specs``, ``prefix``, ``cache`` (the shared package and
-repodata cache), ``solve_key`` and, for an ``environment.yml`` with a ``pip:``
-section, ``pip_lines`` and ``pip_file`` (written here, as the build uid, next
-to the environment file, so ``-r`` lines resolve as conda resolves them).
+``channel_alias``, ``specs``, ``prefix``, ``cache`` (the build's own package
+and repodata cache, empty when the build starts) and, for an
+``environment.yml`` with a ``pip:`` section, ``pip_lines`` and ``pip_file``
+(written here, as the build uid, next to the environment file, so ``-r``
+lines resolve as conda resolves them).
 
-Solves are cached in ``cache/solves`` per (``solve_key``: the file's content,
-channels and alias; the platform; its virtual packages), as rattler lock
-files. Packages are downloaded once into ``cache/pkgs`` and copied into the
-prefix (the cache and the environment are two mounts: no hard links).
+Packages are downloaded into ``cache/pkgs`` and copied into the prefix (the
+cache and the environment are two mounts: no hard links). Nothing is kept
+between builds: a cache another build could have written (a cached solve,
+repodata, a package) would let that build choose what this one installs.
 
 Exit status 86: the environment cannot be solved (the solver's explanation is
 printed); 87: a channel did not answer or a package could not be fetched.
@@ -26,7 +27,6 @@ Standalone on purpose: it is passed as ``-c`` text, the package is not mounted.
 """
 
 import asyncio
-import hashlib
 import json
 import os
 import sys
@@ -34,7 +34,6 @@ import time
 
 UNSOLVABLE = 86
 CHANNEL_ERROR = 87
-ENVIRONMENT = "default"
 
 
 def say(line):
@@ -54,13 +53,6 @@ async def solve(rattler, request, platform, virtual_packages):
     )
 
 
-def lock_platform(rattler, lock, platform):
-    for candidate in lock.platforms():
-        if candidate.name == str(platform):
-            return candidate
-    return None
-
-
 async def main(request):
     sys.path.insert(0, request["rattler_path"])
     os.environ.setdefault("TOKIO_WORKER_THREADS", "2")
@@ -70,53 +62,22 @@ async def main(request):
 
     platform = rattler.Subdir.current()
     virtual_packages = rattler.VirtualPackage.detect()
-    virtual = sorted(str(v.into_generic()) for v in virtual_packages)
-    key = hashlib.sha256(
-        json.dumps([request["solve_key"], str(platform), virtual]).encode()
-    ).hexdigest()
-    solves = os.path.join(request["cache"], "solves")
-    os.makedirs(solves, exist_ok=True)
-    lock_path = os.path.join(solves, key + ".lock")
-
     started = time.monotonic()
-    records = None
-    # blocking file calls are fine: this process runs nothing else on its loop
-    if os.path.exists(lock_path):  # noqa: ASYNC240
-        try:
-            lock = rattler.LockFile.from_path(lock_path)
-            records = lock.environment(ENVIRONMENT).conda_repodata_records_for_platform(
-                lock_platform(rattler, lock, platform)
-            )
-        except Exception as e:  # a damaged cache entry: solve again
-            say(f"Ignoring a cached solve that cannot be read: {e}")
-            records = None
-    cached = records is not None
-    if not cached:
-        say(
-            f"Solving {len(request['specs'])} specs for {platform} from "
-            + ", ".join(request["channels"])
-        )
-        try:
-            records = await solve(rattler, request, platform, virtual_packages)
-        except rattler.exceptions.SolverError as e:
-            say("The conda environment cannot be solved:")
-            say(str(e))
-            return UNSOLVABLE
-        except (rattler.exceptions.GatewayError, rattler.exceptions.FetchRepoDataError) as e:
-            say(f"A conda channel did not answer: {e}")
-            return CHANNEL_ERROR
-        lock = rattler.LockFile([rattler.LockPlatform(str(platform))])
-        target = lock_platform(rattler, lock, platform)
-        for record in records:
-            lock.add_conda_package(ENVIRONMENT, target, record)
-        tmp = f"{lock_path}.{os.getpid()}.tmp"
-        lock.to_path(tmp)
-        os.replace(tmp, lock_path)
-    solved = time.monotonic()
     say(
-        f"Solved {len(records)} conda packages in {solved - started:.2f}s"
-        + (" (cached solve)" if cached else "")
+        f"Solving {len(request['specs'])} specs for {platform} from "
+        + ", ".join(request["channels"])
     )
+    try:
+        records = await solve(rattler, request, platform, virtual_packages)
+    except rattler.exceptions.SolverError as e:
+        say("The conda environment cannot be solved:")
+        say(str(e))
+        return UNSOLVABLE
+    except (rattler.exceptions.GatewayError, rattler.exceptions.FetchRepoDataError) as e:
+        say(f"A conda channel did not answer: {e}")
+        return CHANNEL_ERROR
+    solved = time.monotonic()
+    say(f"Solved {len(records)} conda packages in {solved - started:.2f}s")
     for record in sorted(records, key=lambda r: r.name.normalized):
         say(f"  {record.name.normalized} {record.version} {record.build}")
     try:

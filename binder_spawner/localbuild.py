@@ -55,12 +55,20 @@ from .localplan import (
 )
 from .sandbox import TRUSTED_PATH, Sandbox, SandboxUnavailable, trusted_which
 from .seal import SealError, chown_tree, seal
+from .wheelhouse import WHEELS_MOUNT, Wheelhouse, make_private_dir
 
-# Where an environment and the download cache appear inside every sandbox. The
-# venv is built there and used there, so its scripts and the build log name
-# these paths, never the hub's directories.
+# Where an environment and its build's download cache appear inside every
+# sandbox. The venv is built there and used there, so its scripts and the
+# build log name these paths, never the hub's directories.
 ENV_MOUNT = "/srv/binder"
 CACHE_MOUNT = "/srv/cache"
+
+# the download caches of one hub's builds before each build had its own:
+# writable by every build, so never used again
+SHARED_CACHE_DIRS = ("uv", "pip", "conda")
+
+# a build's own cache left by a hub that stopped in the middle is removed after this long
+STALE_BUILD_CACHE_SECONDS = 2 * 24 * 3600
 
 # a marker that is never true removes a requirement (uv's override semantics)
 SLOW_IMPORT_OVERRIDE = "rfc3987-syntax ; sys_platform == 'never'"
@@ -255,8 +263,13 @@ class EnvironmentBuilder(LoggingConfigurable):
 
     cache_dir = Unicode(
         help="""
-        The package download cache shared by all builds (uv's or pip's).
+        Where builds download to: the wheelhouse and each running build's own cache.
 
+        Root's directory. ``wheels/`` holds the wheelhouse of the Jupyter
+        packages (see ``jupyter_wheelhouse``), read-only to builds;
+        ``builds/`` a download cache per running build (uv's, pip's and
+        conda's), created empty and removed when the build ends, so that no
+        build can change what another one installs.
         Default ``binder-local/cache`` in the hub's working directory.
         Example: ``c.EnvironmentBuilder.cache_dir = "/var/cache/binder"``
 
@@ -300,7 +313,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: ``git`` in the system directories (``/usr/bin/git``).
         Example: ``c.EnvironmentBuilder.git_path = "/usr/local/bin/git"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -317,7 +330,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: ``meta`` beside ``envs_dir``.
         Example: ``c.EnvironmentBuilder.meta_dir = "/var/lib/binder/meta"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -332,7 +345,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: the number of CPU cores.
         Example: ``c.EnvironmentBuilder.max_concurrent_builds = 2``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -350,7 +363,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         cancelled and its files removed. Default 60.
         Example: ``c.EnvironmentBuilder.abandoned_build_grace = 300``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -363,7 +376,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         readable, not writable. Default 20 MB.
         Example: ``c.EnvironmentBuilder.home_max_file = "100M"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -425,7 +438,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         repository that needs it must then list it). Ignored with ``installer = "pip"``.
         Example: ``c.EnvironmentBuilder.uv_overrides = []``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -510,6 +523,47 @@ class EnvironmentBuilder(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    jupyter_wheelhouse = Bool(
+        True,
+        help="""
+        Keep the ``jupyter_packages`` and their dependencies as wheels on disk for every build.
+
+        Each build has a download cache of its own, so without the wheelhouse
+        every build downloads JupyterLab and JupyterHub again (about 70 MB).
+        Root downloads them once per Python version with ``pip download
+        --only-binary :all:`` (no package code runs) from the index the builds
+        use (``UV_DEFAULT_INDEX``/``UV_INDEX_URL``/``PIP_INDEX_URL`` and the
+        extra index variables, else PyPI); builds read them, never write them.
+        Needs ``pip`` beside the hub's Python; without it, or without a wheel
+        for some package, builds download everything themselves. Default True.
+        Example: ``c.EnvironmentBuilder.jupyter_wheelhouse = False``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    wheelhouse_max_age = Integer(
+        24 * 3600,
+        help="""
+        Seconds after which the wheelhouse is downloaded again, for new releases.
+
+        Builds resolve against the index as always: a package released since
+        the last download comes from the index until then. Default one day.
+        Example: ``c.EnvironmentBuilder.wheelhouse_max_age = 6 * 3600``
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @validate("wheelhouse_max_age")
+    def _valid_wheelhouse_max_age(self, proposal):
+        if proposal.value < 60:
+            raise TraitError(
+                f"EnvironmentBuilder.wheelhouse_max_age must be at least 60 seconds, "
+                f"not {proposal.value}"
+            )
+        return proposal.value
+
     link_mode = Enum(
         ["copy", "hardlink", "clone", "symlink"],
         "copy",
@@ -543,6 +597,21 @@ class EnvironmentBuilder(LoggingConfigurable):
         self._slots = asyncio.Semaphore(self.max_concurrent_builds)
         # (repo_url, commit) -> monotonic time a fetch found no such commit
         self._missing = {}
+        self._wheelhouse = None
+        self._cache_dir_checked = False
+
+    @property
+    def wheelhouse(self):
+        """The :class:`~binder_spawner.wheelhouse.Wheelhouse` of ``jupyter_packages`` (or None)."""
+        if self._wheelhouse is None and self.jupyter_wheelhouse and self.jupyter_packages:
+            self._wheelhouse = Wheelhouse(
+                os.path.join(self.cache_dir, "wheels"),
+                self.jupyter_packages,
+                max_age=self.wheelhouse_max_age,
+                timeout=self.build_timeout,
+                log=self.log,
+            )
+        return self._wheelhouse
 
     # -- public API -----------------------------------------------------------
 
@@ -720,14 +789,41 @@ class EnvironmentBuilder(LoggingConfigurable):
         uid = self.sandbox.build_uid()
         if uid is not None and hand_over:
             os.chown(path, uid, uid)
-        if not os.path.isdir(self.cache_dir):
-            os.makedirs(self.cache_dir, mode=0o711)
-            if uid is not None:
-                os.chown(self.cache_dir, uid, uid)
-        elif uid is not None and os.stat(self.cache_dir).st_uid != uid:
-            # once, for a cache made by someone else; later files are the build uid's own
-            chown_tree(self.cache_dir, uid)
-        return uid
+        return uid, self._make_build_cache(os.path.basename(path), uid)
+
+    def _check_cache_dir(self):
+        """``cache_dir`` as root's (0711), without the shared caches of earlier versions."""
+        make_private_dir(self.cache_dir)
+        for name in SHARED_CACHE_DIRS:
+            old = os.path.join(self.cache_dir, name)
+            if os.path.lexists(old):
+                self.log.warning(
+                    "Removing %s: builds no longer share a download cache (any build could "
+                    "write this one)",
+                    old,
+                )
+                # rmtree never follows links
+                shutil.rmtree(old, ignore_errors=True)
+        builds = os.path.join(self.cache_dir, "builds")
+        make_private_dir(builds)
+        self.sandbox.check_reachable(builds)
+        now = time.time()
+        for name in os.listdir(builds):
+            entry = os.path.join(builds, name)
+            with contextlib.suppress(OSError):
+                if now - os.lstat(entry).st_mtime > STALE_BUILD_CACHE_SECONDS:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def _make_build_cache(self, key, uid):
+        """A new, empty download cache for one build, owned by its build uid."""
+        if not self._cache_dir_checked:
+            self._check_cache_dir()
+            self._cache_dir_checked = True
+        cache = os.path.join(self.cache_dir, "builds", f"{key}.{os.getpid()}.{time.time_ns()}")
+        os.mkdir(cache, 0o700)
+        if uid is not None:
+            os.chown(cache, uid, uid)
+        return cache
 
     def _seal(self, path):
         forbidden = [
@@ -747,7 +843,7 @@ class EnvironmentBuilder(LoggingConfigurable):
     async def _build(self, task, repo_url, commit, git_config=None, fetch=None):
         path = os.path.join(self.envs_dir, task.key)
         try:
-            uid = await asyncio.to_thread(self._prepare, path, fetch is None)
+            uid, cache = await asyncio.to_thread(self._prepare, path, fetch is None)
         except SandboxUnavailable as e:
             self.log.error("Local mode cannot build: %s", e)
             raise BuildError(
@@ -766,7 +862,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             if fetch is not None:
                 await self._fetch_files(task, path, uid, fetch)
             env = await self._build_steps(
-                task, path, repo_url, commit, uid, git_config, cgroup, fetch
+                task, path, repo_url, commit, uid, git_config, cgroup, cache, fetch
             )
             sealed_at = time.monotonic()
             if cgroup is not None:
@@ -786,6 +882,8 @@ class EnvironmentBuilder(LoggingConfigurable):
         finally:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
+            # nothing of the build runs any more (its cgroup was killed or it ended)
+            await asyncio.to_thread(shutil.rmtree, cache, True)
         self.log.info(
             "Built %s at %s in %.1fs (sealed in %.2fs, %d MB, %d files)",
             repo_url,
@@ -822,11 +920,13 @@ class EnvironmentBuilder(LoggingConfigurable):
             os.chown(path, uid, uid)
         os.chmod(path, 0o755)
 
-    async def _build_steps(self, task, path, repo_url, commit, uid, git_config, cgroup, fetch=None):
+    async def _build_steps(
+        self, task, path, repo_url, commit, uid, git_config, cgroup, cache, fetch=None
+    ):
         repo = os.path.join(path, "repo")
         repo_in = Environment.sandbox_repo
         venv_in = Environment.sandbox_venv
-        run = functools.partial(self._step, task, path, uid, cgroup=cgroup)
+        run = functools.partial(self._step, task, path, uid, cgroup=cgroup, cache=cache)
         if fetch is None:
             task.add_line(f"Cloning {repo_url} at {commit}")
             await self._clone(run, task, repo_url, commit, git_config)
@@ -836,6 +936,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         python, version, warnings = await self._choose_python(plan.python_version)
         for warning in warnings:
             task.add_line(f"Warning: {warning}")
+        run = functools.partial(run, wheels=await self._wheels(task, version))
         extra = [os.path.dirname(os.path.dirname(python))]
         task.add_line(f"Creating a Python {version} environment")
         if self.installer == "uv":
@@ -898,7 +999,6 @@ class EnvironmentBuilder(LoggingConfigurable):
             "specs": env.specs,
             "prefix": venv_in,
             "cache": CACHE_MOUNT + "/conda",
-            "solve_key": json.dumps([env.digest, channels, self.conda_channel_alias]),
             "pip_lines": env.pip,
             "pip_file": pip_file,
         }
@@ -925,6 +1025,9 @@ class EnvironmentBuilder(LoggingConfigurable):
                     e.status,
                 ) from None
             raise
+        version = await asyncio.to_thread(_conda_python_version, os.path.join(path, "venv"))
+        if version:
+            run = functools.partial(run, wheels=await self._wheels(task, version))
         python_in = venv_in + "/bin/python"
         install = [self.uv_path, "pip", "install", "--python", python_in]
         if self.uv_overrides:
@@ -949,7 +1052,6 @@ class EnvironmentBuilder(LoggingConfigurable):
                 cwd=repo_in,
                 home=repo_in,
             )
-        version = await asyncio.to_thread(_conda_python_version, os.path.join(path, "venv"))
         return Environment(
             key=task.key,
             path=path,
@@ -1001,7 +1103,13 @@ class EnvironmentBuilder(LoggingConfigurable):
                 ) from None
         await run([*git, "-C", repo, "checkout", "-q", "--detach", commit])
 
-    def _step_env(self, home):
+    async def _wheels(self, task, python_version):
+        """The wheelhouse for a build's Python version, or None."""
+        if self.wheelhouse is None:
+            return None
+        return await self.wheelhouse.get(python_version, task.add_line)
+
+    def _step_env(self, home, wheels=False):
         env = {
             "PATH": f"{Environment.sandbox_venv}/bin:/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
@@ -1019,6 +1127,8 @@ class EnvironmentBuilder(LoggingConfigurable):
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "MALLOC_ARENA_MAX": "2",
         }
+        if wheels:
+            env["UV_FIND_LINKS"] = env["PIP_FIND_LINKS"] = WHEELS_MOUNT
         for name in (
             "UV_INDEX_URL",
             "UV_DEFAULT_INDEX",
@@ -1049,14 +1159,32 @@ class EnvironmentBuilder(LoggingConfigurable):
             p for p in tools if not any(p == s or p.startswith(s.rstrip("/") + "/") for s in system)
         )
 
-    async def _step(self, task, path, uid, argv, *, cgroup=None, cwd=None, home="/tmp", extra=()):
-        """Run one build step in the sandbox, streaming its output into ``task``."""
+    async def _step(
+        self,
+        task,
+        path,
+        uid,
+        argv,
+        *,
+        cache,
+        cgroup=None,
+        cwd=None,
+        home="/tmp",
+        extra=(),
+        wheels=None,
+    ):
+        """Run one build step in the sandbox, streaming its output into ``task``.
+
+        ``cache``: the build's own download cache; ``wheels``: the wheelhouse
+        (mounted read-only), if there is one.
+        """
         cmd = self.sandbox.command(
             argv,
             uid=uid,
             cgroup=cgroup,
             extra_ro_paths=self._tool_mounts(extra),
-            rw_binds=[(path, ENV_MOUNT), (self.cache_dir, CACHE_MOUNT)],
+            ro_binds=[(wheels, WHEELS_MOUNT)] if wheels else (),
+            rw_binds=[(path, ENV_MOUNT), (cache, CACHE_MOUNT)],
             chdir=cwd or ENV_MOUNT,
             build=True,
         )
@@ -1066,7 +1194,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self._step_env(home),
+            env=self._step_env(home, wheels=bool(wheels)),
             start_new_session=True,
         )
 

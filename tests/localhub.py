@@ -2,7 +2,7 @@
 
 ``start_local_hub(directory, git_server)`` starts it with its state in a
 directory the sandbox uids can reach (pytest's tmp is private to root) and the
-uv download cache shared by all test runs; :class:`LocalHub` launches servers
+wheelhouse shared by the test runs of its uid range; :class:`LocalHub` launches servers
 through the hub REST API, follows their progress and runs code in them.
 """
 
@@ -23,10 +23,10 @@ from .utils import REPO_ROOT, free_port, poll, run_config, uid_base
 
 
 def shared_cache_dir():
-    """The download cache shared by the test runs of one sandbox uid range.
+    """The builders' cache directory (the wheelhouse) shared by the test runs of one uid range.
 
-    A build hands the cache to its build uid, so two runs side by side (scripts/test,
-    one uid range each) would take it from each other in the middle of a build.
+    One per sandbox uid range, so that two runs side by side (scripts/test) each
+    have their own, as two hubs on one machine would.
     """
     path = os.path.join(tempfile.gettempdir(), f"jupyterhub-binder-test-cache-{uid_base()}")
     os.makedirs(path, mode=0o711, exist_ok=True)
@@ -49,12 +49,8 @@ def make_builder(root, **kwargs):
 
     kwargs.setdefault("jupyter_packages", [])
     kwargs.setdefault("config", run_config())
-    return EnvironmentBuilder(
-        envs_dir=os.path.join(root, "envs"),
-        cache_dir=shared_cache_dir(),
-        python_downloads=False,
-        **kwargs,
-    )
+    kwargs.setdefault("cache_dir", shared_cache_dir())
+    return EnvironmentBuilder(envs_dir=os.path.join(root, "envs"), python_downloads=False, **kwargs)
 
 
 async def start_local_hub(directory, git_server, extra_config=""):
