@@ -2,7 +2,7 @@
 
 Each environment lives in ``envs_dir/KEY`` (the clone in ``repo/``, the virtual
 environment in ``venv/``). It is built once per (repository, commit, JupyterHub
-version) with ``uv`` and a shared download cache, following the rules of
+version) with ``uv`` and a download cache of its own, following the rules of
 :mod:`binder_spawner.localplan`; concurrent launches of the same commit follow
 one build (an in-process task, plus a lock file for other processes), at most
 ``max_concurrent_builds`` run at once, and a build nobody waits for any more
@@ -57,18 +57,18 @@ from .sandbox import TRUSTED_PATH, Sandbox, SandboxUnavailable, trusted_which
 from .seal import SealError, chown_tree, seal
 from .wheelhouse import WHEELS_MOUNT, Wheelhouse, make_private_dir
 
-# Where an environment and its build's download cache appear inside every
-# sandbox. The venv is built there and used there, so its scripts and the
-# build log name these paths, never the hub's directories.
+# Where an environment appears inside every sandbox. The venv is built there
+# and used there, so its scripts and the build log name these paths, never the
+# hub's directories.
 ENV_MOUNT = "/srv/binder"
-CACHE_MOUNT = "/srv/cache"
+# A build's own download cache, inside the environment (one mount: uv and
+# rattler hard-link from it) and removed before the environment is sealed.
+CACHE_NAME = ".cache"
+CACHE_MOUNT = f"{ENV_MOUNT}/{CACHE_NAME}"
 
 # the download caches of one hub's builds before each build had its own:
 # writable by every build, so never used again
 SHARED_CACHE_DIRS = ("uv", "pip", "conda")
-
-# a build's own cache left by a hub that stopped in the middle is removed after this long
-STALE_BUILD_CACHE_SECONDS = 2 * 24 * 3600
 
 # a marker that is never true removes a requirement (uv's override semantics)
 SLOW_IMPORT_OVERRIDE = "rfc3987-syntax ; sys_platform == 'never'"
@@ -263,13 +263,13 @@ class EnvironmentBuilder(LoggingConfigurable):
 
     cache_dir = Unicode(
         help="""
-        Where builds download to: the wheelhouse and each running build's own cache.
+        Root's directory for the wheelhouse of the Jupyter packages (``wheels/``).
 
-        Root's directory. ``wheels/`` holds the wheelhouse of the Jupyter
-        packages (see ``jupyter_wheelhouse``), read-only to builds;
-        ``builds/`` a download cache per running build (uv's, pip's and
-        conda's), created empty and removed when the build ends, so that no
-        build can change what another one installs.
+        Builds mount it read-only (see ``jupyter_wheelhouse``). Each build's
+        own download cache (uv's, pip's, conda's) is not here: it is created
+        empty inside the environment being built and removed before the
+        environment is sealed, so that no build can change what another
+        build installs.
         Default ``binder-local/cache`` in the hub's working directory.
         Example: ``c.EnvironmentBuilder.cache_dir = "/var/cache/binder"``
 
@@ -565,18 +565,18 @@ class EnvironmentBuilder(LoggingConfigurable):
         return proposal.value
 
     link_mode = Enum(
-        ["copy", "hardlink", "clone", "symlink"],
-        "copy",
+        ["hardlink", "copy", "clone"],
+        "hardlink",
         help="""
-        How uv puts packages from the download cache into environments (``UV_LINK_MODE``).
+        How uv puts packages from the build's download cache into the environment (``UV_LINK_MODE``).
 
-        Default ``copy``: each build step sees the cache and its environment as
-        two separate bind mounts of the sandbox, and the kernel refuses hard
-        links and reflinks between mounts (uv would fall back to copying with a
-        warning). Copies also keep built environments safe from later builds:
-        with hard links, a build that writes into a cached file would change
-        every environment linked to it.
-        Example: ``c.EnvironmentBuilder.link_mode = "hardlink"``
+        Default ``hardlink``: the cache is inside the environment's directory
+        (one mount), so packages are linked, not copied, and the cache is
+        removed before the environment is sealed, which leaves each file with
+        one link. ``copy`` writes every file twice; ``clone`` needs a
+        filesystem with reflinks (btrfs, XFS). (``symlink`` is not offered: the
+        links would point into the removed cache.)
+        Example: ``c.EnvironmentBuilder.link_mode = "copy"``
 
         .. versionadded:: 0.1
         """,
@@ -789,7 +789,15 @@ class EnvironmentBuilder(LoggingConfigurable):
         uid = self.sandbox.build_uid()
         if uid is not None and hand_over:
             os.chown(path, uid, uid)
-        return uid, self._make_build_cache(os.path.basename(path), uid)
+        # the build's own download cache, inside the environment
+        cache = os.path.join(path, CACHE_NAME)
+        os.mkdir(cache, 0o700)
+        if uid is not None:
+            os.chown(cache, uid, uid)
+        if not self._cache_dir_checked:
+            self._check_cache_dir()
+            self._cache_dir_checked = True
+        return uid
 
     def _check_cache_dir(self):
         """``cache_dir`` as root's (0711), without the shared caches of earlier versions."""
@@ -804,26 +812,6 @@ class EnvironmentBuilder(LoggingConfigurable):
                 )
                 # rmtree never follows links
                 shutil.rmtree(old, ignore_errors=True)
-        builds = os.path.join(self.cache_dir, "builds")
-        make_private_dir(builds)
-        self.sandbox.check_reachable(builds)
-        now = time.time()
-        for name in os.listdir(builds):
-            entry = os.path.join(builds, name)
-            with contextlib.suppress(OSError):
-                if now - os.lstat(entry).st_mtime > STALE_BUILD_CACHE_SECONDS:
-                    shutil.rmtree(entry, ignore_errors=True)
-
-    def _make_build_cache(self, key, uid):
-        """A new, empty download cache for one build, owned by its build uid."""
-        if not self._cache_dir_checked:
-            self._check_cache_dir()
-            self._cache_dir_checked = True
-        cache = os.path.join(self.cache_dir, "builds", f"{key}.{os.getpid()}.{time.time_ns()}")
-        os.mkdir(cache, 0o700)
-        if uid is not None:
-            os.chown(cache, uid, uid)
-        return cache
 
     def _seal(self, path):
         forbidden = [
@@ -843,7 +831,7 @@ class EnvironmentBuilder(LoggingConfigurable):
     async def _build(self, task, repo_url, commit, git_config=None, fetch=None):
         path = os.path.join(self.envs_dir, task.key)
         try:
-            uid, cache = await asyncio.to_thread(self._prepare, path, fetch is None)
+            uid = await asyncio.to_thread(self._prepare, path, fetch is None)
         except SandboxUnavailable as e:
             self.log.error("Local mode cannot build: %s", e)
             raise BuildError(
@@ -862,12 +850,14 @@ class EnvironmentBuilder(LoggingConfigurable):
             if fetch is not None:
                 await self._fetch_files(task, path, uid, fetch)
             env = await self._build_steps(
-                task, path, repo_url, commit, uid, git_config, cgroup, cache, fetch
+                task, path, repo_url, commit, uid, git_config, cgroup, fetch
             )
             sealed_at = time.monotonic()
             if cgroup is not None:
                 # nothing of the build may run while root seals what it wrote
                 await asyncio.to_thread(cgroup.kill)
+            # the download cache goes first: nothing of it is kept (rmtree follows no link)
+            await asyncio.to_thread(shutil.rmtree, os.path.join(path, CACHE_NAME), True)
             try:
                 report = await asyncio.to_thread(self._seal, path)
             except SealError as e:
@@ -882,8 +872,6 @@ class EnvironmentBuilder(LoggingConfigurable):
         finally:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
-            # nothing of the build runs any more (its cgroup was killed or it ended)
-            await asyncio.to_thread(shutil.rmtree, cache, True)
         self.log.info(
             "Built %s at %s in %.1fs (sealed in %.2fs, %d MB, %d files)",
             repo_url,
@@ -920,13 +908,11 @@ class EnvironmentBuilder(LoggingConfigurable):
             os.chown(path, uid, uid)
         os.chmod(path, 0o755)
 
-    async def _build_steps(
-        self, task, path, repo_url, commit, uid, git_config, cgroup, cache, fetch=None
-    ):
+    async def _build_steps(self, task, path, repo_url, commit, uid, git_config, cgroup, fetch=None):
         repo = os.path.join(path, "repo")
         repo_in = Environment.sandbox_repo
         venv_in = Environment.sandbox_venv
-        run = functools.partial(self._step, task, path, uid, cgroup=cgroup, cache=cache)
+        run = functools.partial(self._step, task, path, uid, cgroup=cgroup)
         if fetch is None:
             task.add_line(f"Cloning {repo_url} at {commit}")
             await self._clone(run, task, repo_url, commit, git_config)
@@ -1166,7 +1152,6 @@ class EnvironmentBuilder(LoggingConfigurable):
         uid,
         argv,
         *,
-        cache,
         cgroup=None,
         cwd=None,
         home="/tmp",
@@ -1175,8 +1160,7 @@ class EnvironmentBuilder(LoggingConfigurable):
     ):
         """Run one build step in the sandbox, streaming its output into ``task``.
 
-        ``cache``: the build's own download cache; ``wheels``: the wheelhouse
-        (mounted read-only), if there is one.
+        ``wheels``: the wheelhouse (mounted read-only), if there is one.
         """
         cmd = self.sandbox.command(
             argv,
@@ -1184,7 +1168,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             cgroup=cgroup,
             extra_ro_paths=self._tool_mounts(extra),
             ro_binds=[(wheels, WHEELS_MOUNT)] if wheels else (),
-            rw_binds=[(path, ENV_MOUNT), (cache, CACHE_MOUNT)],
+            rw_binds=[(path, ENV_MOUNT)],
             chdir=cwd or ENV_MOUNT,
             build=True,
         )

@@ -71,7 +71,7 @@ CHECK_POSTBUILD = textwrap.dedent(
     #!/bin/sh
     set -e
     python -c 'import six; print(getattr(six, "{MARKER}", False))' > six-check.txt
-    ls -a /srv/cache > cache-listing.txt
+    ls -a "$(dirname "$UV_CACHE_DIR")" > cache-listing.txt
     """
 )
 
@@ -215,8 +215,9 @@ async def test_a_build_cannot_change_what_another_build_installs(module_git_serv
     with zipfile.ZipFile(os.path.join(wheelhouse, wheel)) as z:
         assert MARKER.encode() not in z.read("six.py")
 
-    # the attacker's cache went with its build
-    assert os.listdir(os.path.join(cache_dir, "builds")) == []
+    # the attacker's cache went with its build: the sealed environment has none
+    assert not exists(poisoned.path, ".cache")
+    assert sorted(os.listdir(cache_dir)) == ["wheels"]
 
     victim = git.create_repo("alice/victim", {"postBuild": CHECK_POSTBUILD})
     task = builder.build(victim, git.sha("alice/victim"))
@@ -233,7 +234,9 @@ async def test_a_build_cannot_change_what_another_build_installs(module_git_serv
     assert MARKER not in read(six)
     # one wheelhouse download served both builds
     assert generations(cache_dir)[1] == gens
-    assert os.listdir(os.path.join(cache_dir, "builds")) == []
+    assert not exists(env.path, ".cache")
+    # packages were linked from the build's cache, which is gone: one link per file
+    assert os.stat(six).st_nlink == 1
 
 
 async def test_wheelhouse_refreshes_keeps_two_generations_and_survives_failures(build_root):

@@ -107,7 +107,7 @@ async def test_conda_environment_built_sealed_and_activated(git, build_root, cha
     lines = await collect(again)
     await again.result()
     assert any(line.startswith("Solving 1 specs") for line in lines), lines
-    assert os.listdir(os.path.join(builder.cache_dir, "builds")) == []
+    assert not exists(builder.envs_dir, again.key, ".cache")
 
 
 def records(meta):
