@@ -161,9 +161,13 @@ class Wheelhouse:
             task.add_done_callback(lambda _: self._downloads.pop(key, None))
         try:
             return await asyncio.shield(task)
-        except WheelhouseError as e:
+        except Exception as e:
+            # never a failed build: it downloads what the wheelhouse would have held
             self._failed[key] = time.monotonic()
-            self.log.warning("No wheelhouse for Python %s: %s", version, e)
+            if isinstance(e, WheelhouseError):
+                self.log.warning("No wheelhouse for Python %s: %s", version, e)
+            else:
+                self.log.exception("No wheelhouse for Python %s", version)
             emit("The hub's wheelhouse is unavailable; this build downloads every package")
             return None
 

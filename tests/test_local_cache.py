@@ -277,6 +277,16 @@ async def test_wheelhouse_refreshes_keeps_two_generations_and_survives_failures(
     assert lines[-1] == "The hub's wheelhouse is unavailable; this build downloads every package"
     lines.clear()
     assert await broken.get("3.11", lines.append) is None and lines == []
+    # a hub without pip (or any other failure): the same, never a failed build
+    no_pip = Wheelhouse(
+        os.path.join(build_root, "other"),
+        [SMALL_PACKAGE],
+        max_age=3600,
+        timeout=300,
+        log=log,
+        python=os.path.join(build_root, "no-such-python"),
+    )
+    assert await no_pip.get("3.11") is None
     # nothing half-downloaded is left
     for key in os.listdir(root):
         if not key.endswith(".lock") and key != os.path.basename(key_dir):
