@@ -313,7 +313,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: ``git`` in the system directories (``/usr/bin/git``).
         Example: ``c.EnvironmentBuilder.git_path = "/usr/local/bin/git"``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -330,7 +330,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: ``meta`` beside ``envs_dir``.
         Example: ``c.EnvironmentBuilder.meta_dir = "/var/lib/binder/meta"``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -345,7 +345,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: the number of CPU cores.
         Example: ``c.EnvironmentBuilder.max_concurrent_builds = 2``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -363,7 +363,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         cancelled and its files removed. Default 60.
         Example: ``c.EnvironmentBuilder.abandoned_build_grace = 300``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -376,7 +376,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         readable, not writable. Default 20 MB.
         Example: ``c.EnvironmentBuilder.home_max_file = "100M"``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -438,7 +438,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         repository that needs it must then list it). Ignored with ``installer = "pip"``.
         Example: ``c.EnvironmentBuilder.uv_overrides = []``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -538,7 +538,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         for some package, builds download everything themselves. Default True.
         Example: ``c.EnvironmentBuilder.jupyter_wheelhouse = False``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -551,7 +551,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         the last download comes from the index until then. Default one day.
         Example: ``c.EnvironmentBuilder.wheelhouse_max_age = 6 * 3600``
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
