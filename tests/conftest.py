@@ -1,5 +1,6 @@
 """Shared fixtures: a real JupyterHub per test, dumped on failure."""
 
+import itertools
 import sys
 
 import pytest
@@ -49,9 +50,11 @@ async def hub_factory(tmp_path, request):
     Every hub is stopped after the test; its log is printed if the test failed.
     """
     hubs = []
+    numbers = itertools.count()
 
     async def factory(config="", **kwargs):
-        directory = tmp_path / f"hub{len(hubs)}"
+        # numbered before the start: hubs may start at once (asyncio.gather)
+        directory = tmp_path / f"hub{next(numbers)}"
         hub = await start_hub(directory, config, **kwargs)
         hubs.append(hub)
         return hub

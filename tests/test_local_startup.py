@@ -16,7 +16,6 @@ import textwrap
 
 import pytest
 
-from .hub import start_hub
 from .utils import REPO_ROOT, free_port, uid_base
 
 ROOT_CONFIG = str(REPO_ROOT / "jupyterhub_config.py")
@@ -58,6 +57,15 @@ async def _run_hub_until_exit(config, env, cwd, timeout=60):
     return proc.returncode, out.decode()
 
 
+async def _all(*awaitables):
+    """Await side by side (hub starts are slow); raise the first error once all are done."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 async def test_unreachable_state_dir_is_refused_at_start(tmp_path):
     private = tmp_path / "root-home"
     private.mkdir(mode=0o700)
@@ -69,7 +77,7 @@ async def test_unreachable_state_dir_is_refused_at_start(tmp_path):
     assert "BINDER_STATE_DIR" in out
 
 
-async def test_no_cgroups_refused_unless_the_admin_opts_out(tmp_path):
+async def test_no_cgroups_refused_unless_the_admin_opts_out(hub_factory, tmp_path):
     # pytest's tmp is private to root: a state directory the sandbox uids can reach
     state = tempfile.mkdtemp(prefix="binder-startup-")
     os.chmod(state, 0o711)
@@ -77,29 +85,27 @@ async def test_no_cgroups_refused_unless_the_admin_opts_out(tmp_path):
     config.write_text(
         f"c.Sandbox.cgroup_root = '/nonexistent-cgroup-root'\nload_subconfig({ROOT_CONFIG!r})\n"
     )
-    code, out = await _run_hub_until_exit(config, _env(state, tmp_path), cwd=tmp_path)
+    # the refusal, and beside it the opt-out: that hub starts and its log says what
+    # is not enforced
+    env = _env(state, tmp_path)
+    (code, out), hub = await _all(
+        _run_hub_until_exit(config, _env(state, tmp_path), cwd=tmp_path),
+        hub_factory(
+            textwrap.dedent(
+                f"""
+                c.Sandbox.cgroup_root = "/nonexistent-cgroup-root"
+                c.Sandbox.require_cgroups = False
+                load_subconfig({ROOT_CONFIG!r})
+                """
+            ),
+            env={k: v for k, v in env.items() if k.startswith("BINDER_") or k == "KUBECONFIG"},
+            port=int(env["BINDER_PORT"]),
+            timeout=90,
+        ),
+    )
     assert code != 0
     assert "cannot use cgroups" in out and "require_cgroups = False" in out, out[-3000:]
-
-    # the opt-out: the hub starts and its log says what is not enforced
-    env = _env(state, tmp_path)
-    hub = await start_hub(
-        tmp_path / "opted-out",
-        textwrap.dedent(
-            f"""
-            c.Sandbox.cgroup_root = "/nonexistent-cgroup-root"
-            c.Sandbox.require_cgroups = False
-            load_subconfig({ROOT_CONFIG!r})
-            """
-        ),
-        env={k: v for k, v in env.items() if k.startswith("BINDER_") or k == "KUBECONFIG"},
-        port=int(env["BINDER_PORT"]),
-        timeout=90,
-    )
-    try:
-        assert "Local mode limits on this host: NO cgroup" in hub.log()
-    finally:
-        await hub.stop()
+    assert "Local mode limits on this host: NO cgroup" in hub.log()
 
 
 def test_default_state_dir_as_root_is_reachable_from_a_private_checkout(tmp_path):
@@ -148,8 +154,7 @@ def _second_hub_env(tmp_path, name, uid_offset=0):
 
 
 async def test_two_hubs_side_by_side(hub_factory, tmp_path):
-    hubs = []
-    for name, uid_offset in (("first", 0), ("second", 1_000_000)):
+    async def start(name, uid_offset):
         env = _second_hub_env(tmp_path, name, uid_offset)
         hub = await hub_factory(
             f"load_subconfig({ROOT_CONFIG!r})\n",
@@ -157,8 +162,9 @@ async def test_two_hubs_side_by_side(hub_factory, tmp_path):
             port=int(env["BINDER_PORT"]),
             timeout=90,
         )
-        hubs.append((hub, env))
-    (first, first_env), (second, _) = hubs
+        return hub, env
+
+    (first, first_env), (second, _) = await _all(start("first", 0), start("second", 1_000_000))
     # each public port leads to its own hub: one hub's token means nothing to the other
     for hub, other in ((first, second), (second, first)):
         assert (await hub.api("GET", "/user"))[0] == 200
@@ -167,22 +173,21 @@ async def test_two_hubs_side_by_side(hub_factory, tmp_path):
             async with browser.get(hub.url + "/services/binder/health") as resp:
                 assert resp.status == 200
 
-    # a third hub given the first one's proxy API port refuses to start, naming it,
-    # and the first hub's routes are untouched
+    # a third hub given the first one's proxy API port refuses to start, naming it;
+    # a fourth, whose sandboxes would run as the first hub's uids, refuses to start,
+    # naming the variable (both tried at once); the first hub goes on, its routes untouched
     third_env = _second_hub_env(tmp_path, "third")
     third_env["BINDER_PROXY_API_PORT"] = first_env["BINDER_PROXY_API_PORT"]
-    code, out = await _run_hub_until_exit(ROOT_CONFIG, third_env, cwd=tmp_path)
+    fourth_env = _second_hub_env(tmp_path, "fourth")
+    (code, out), (fourth_code, fourth) = await _all(
+        _run_hub_until_exit(ROOT_CONFIG, third_env, cwd=tmp_path),
+        _run_hub_until_exit(ROOT_CONFIG, fourth_env, cwd=tmp_path),
+    )
     assert code != 0
     assert f"BINDER_PROXY_API_PORT={first_env['BINDER_PROXY_API_PORT']}" in out, out[-3000:]
+    assert fourth_code != 0
+    assert f"uids from {uid_base()}" in fourth and "BINDER_UID_BASE" in fourth, fourth[-3000:]
     assert (await first.api("GET", "/user"))[0] == 200
     async with first.browser() as browser:
         async with browser.get(first.url + "/services/binder/health") as resp:
             assert resp.status == 200
-
-    # a hub whose sandboxes would run as the first hub's uids refuses to start, naming
-    # the variable; the first hub goes on
-    fourth_env = _second_hub_env(tmp_path, "fourth")
-    code, out = await _run_hub_until_exit(ROOT_CONFIG, fourth_env, cwd=tmp_path)
-    assert code != 0
-    assert f"uids from {uid_base()}" in out and "BINDER_UID_BASE" in out, out[-3000:]
-    assert (await first.api("GET", "/user"))[0] == 200
