@@ -14,17 +14,9 @@ import yarl
 from playwright.async_api import async_playwright
 
 from .authhub import hub_config
+from .utils import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 async def test_launch_link_from_fresh_profile(hub_factory, tmp_path):
@@ -42,7 +34,7 @@ c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
     url = str(yarl.URL(hub.url + "/hub/spawn").with_query(launch))
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = await browser.new_context()
             page = await context.new_page()

@@ -16,8 +16,7 @@ from playwright.async_api import async_playwright
 
 from .condachannel import CHANNEL, ChannelServer, cached_channel, host_python
 from .localhub import local_hub_session
-from .test_local_browser import CHROMIUM, CHROMIUM_ARGS
-from .utils import uid_base
+from .utils import CHROMIUM, CHROMIUM_ARGS, uid_base
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

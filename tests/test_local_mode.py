@@ -4,19 +4,27 @@ One hub for the module (builds are the slowest thing in the suite): launches of
 repositories served over HTTP on loopback, built with uv from PyPI, code run in
 the server through the Jupyter REST API, reuse, build errors on the spawn page,
 and the sandbox seen from inside a running server.
+
+What a visitor sees, in headless Chromium (Debian's) from a fresh profile: a
+mybinder-style launch link, the build lines on the hub's progress page, then
+JupyterLab with the repository's notebook in the file browser. A screenshot of
+each stage is saved under the test's directory.
 """
 
 import glob
 import json
 import os
 import textwrap
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
+from playwright.async_api import async_playwright
 
 from binder_spawner.localbuild import instance_id
 
 from .localhub import local_hub_session
+from .utils import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -143,3 +151,56 @@ async def test_dockerfile_repo_gets_the_kubernetes_message(local):
     events = await local.launch("dave", {"repo": url})
     assert events[-1].get("failed"), messages(events)
     assert "Kubernetes mode" in events[-1]["message"]
+
+
+BROWSER_NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "markdown",
+            "id": "intro",
+            "metadata": {},
+            "source": ["# Hello from a launch link"],
+        }
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+@pytest.mark.browser
+async def test_launch_link_to_jupyterlab(local, tmp_path):
+    url = local.git.create_repo(
+        "org/browser-demo",
+        {"requirements.txt": "six==1.17.0\n", "analysis.ipynb": json.dumps(BROWSER_NOTEBOOK)},
+    )
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            # a new context is a fresh profile: no cookies, no identity yet
+            context = await browser.new_context(viewport={"width": 1280, "height": 800})
+            page = await context.new_page()
+            link = f"{local.hub.url}/services/binder/v2/git/{quote(url, safe='')}/main?urlpath=lab"
+            await page.goto(link)
+            # the hub's progress page shows the build's own lines as they come
+            await page.wait_for_url("**/hub/spawn-pending/**", timeout=60_000)
+            log = page.locator("#progress-log")
+            await log.get_by_text("Cloning", exact=False).first.wait_for(
+                state="attached", timeout=120_000
+            )
+            await page.screenshot(path=str(shots / "progress.png"))
+            # then JupyterLab, with the repository's notebook in the file browser
+            await page.wait_for_url("**/lab**", timeout=300_000)
+            item = page.locator(".jp-DirListing-item", has_text="analysis.ipynb")
+            await item.first.wait_for(timeout=120_000)
+            await page.screenshot(path=str(shots / "jupyterlab.png"))
+            assert "/user/" in page.url
+            visitor = page.url.split("/user/", 1)[1].split("/", 1)[0]
+        finally:
+            await browser.close()
+    assert (shots / "progress.png").stat().st_size > 0
+    assert (shots / "jupyterlab.png").stat().st_size > 0
+    # the module's hub goes on: the visitor's server ends with the test
+    await local.stop(visitor)

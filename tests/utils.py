@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: free ports, polling, repo paths."""
+"""Small helpers shared by the tests: free ports, polling, repo paths, the browser."""
 
 import asyncio
 import os
@@ -7,6 +7,17 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: the browser tests' headless Chromium (Debian's) and its switches
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port(host="127.0.0.1"):
