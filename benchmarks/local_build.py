@@ -7,14 +7,14 @@ the repository root, with ``node_modules/.bin`` on PATH; needs bubblewrap, git
 and access to PyPI. It serves one small repository (``requirements.txt`` with
 ``six``, a notebook) from a real git smart-HTTP server on loopback and measures:
 
-- ``wheelhouse_download_s``: root downloading the wheelhouse (JupyterLab,
-  jupyterhub and their dependencies as wheels) for the build's Python, once;
+- ``build_first_s``: the first build, which also prepares the hub's cache of
+  the Jupyter packages (JupyterLab, jupyterhub, their dependencies);
 - ``build_s``: a build at a new commit (clone, venv, resolve, JupyterLab and
-  jupyterhub from the wheelhouse, the requirement from PyPI, install, seal),
-  each in a download cache of its own, as every build is; median of
+  jupyterhub from a copy of that cache, the requirement from PyPI, install,
+  seal), each in a download cache of its own, as every build is; median of
   ``--repeat``;
-- ``build_without_wheelhouse_s``: the same with
-  ``jupyter_wheelhouse = False``: every build downloads everything;
+- ``build_without_jupyter_cache_s``: the same with
+  ``jupyter_cache = False``: every build downloads and unpacks everything;
 - ``pip_build_s``: ``build_s`` with ``python -m venv`` + pip
   (``installer = "pip"``), median of ``--repeat``;
 - through a real hub (the root jupyterhub_config.py, proxy, service):
@@ -108,15 +108,13 @@ async def builds(git, url, repeat):
             )
 
         uv = builder("envs-uv")
-        _, version, _ = await uv._choose_python(None)
-        started = time.perf_counter()
-        assert await uv.wheelhouse.get(version) is not None, "the wheelhouse download failed"
-        results["wheelhouse_download_s"] = time.perf_counter() - started
+        first = git.commit("bench/demo", {"n.txt": "first"})
+        results["build_first_s"] = await timed_build(uv, url, first)
         results["build_s"], results["build_all_s"] = await median_build(uv, git, url, repeat, "uv")
-        bare = builder("envs-bare", jupyter_wheelhouse=False)
+        bare = builder("envs-bare", jupyter_cache=False)
         (
-            results["build_without_wheelhouse_s"],
-            results["build_without_wheelhouse_all_s"],
+            results["build_without_jupyter_cache_s"],
+            results["build_without_jupyter_cache_all_s"],
         ) = await median_build(bare, git, url, repeat, "bare")
         pip = builder("envs-pip", installer="pip")
         results["pip_build_s"], results["pip_build_all_s"] = await median_build(

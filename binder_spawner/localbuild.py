@@ -43,6 +43,7 @@ from traitlets.traitlets import TraitError
 from . import condainstall, gitref
 from .archives import ArchiveError
 from .cgroups import cgroup_name
+from .jupytercache import JupyterCache, link_copy, make_private_dir
 from .localplan import (
     APT_POLICIES,
     UnsupportedRepository,
@@ -55,7 +56,6 @@ from .localplan import (
 )
 from .sandbox import TRUSTED_PATH, Sandbox, SandboxUnavailable, trusted_which
 from .seal import SealError, chown_tree, seal
-from .wheelhouse import WHEELS_MOUNT, Wheelhouse, make_private_dir
 
 # Where an environment appears inside every sandbox. The venv is built there
 # and used there, so its scripts and the build log name these paths, never the
@@ -68,7 +68,7 @@ CACHE_MOUNT = f"{ENV_MOUNT}/{CACHE_NAME}"
 
 # the download caches of one hub's builds before each build had its own:
 # writable by every build, so never used again
-SHARED_CACHE_DIRS = ("uv", "pip", "conda")
+SHARED_CACHE_DIRS = ("uv", "pip", "conda", "wheels")
 
 # a marker that is never true removes a requirement (uv's override semantics)
 SLOW_IMPORT_OVERRIDE = "rfc3987-syntax ; sys_platform == 'never'"
@@ -263,13 +263,12 @@ class EnvironmentBuilder(LoggingConfigurable):
 
     cache_dir = Unicode(
         help="""
-        Root's directory for the wheelhouse of the Jupyter packages (``wheels/``).
+        Root's directory for the cache of the Jupyter packages (``jupyter/``).
 
-        Builds mount it read-only (see ``jupyter_wheelhouse``). Each build's
-        own download cache (uv's, pip's, conda's) is not here: it is created
-        empty inside the environment being built and removed before the
-        environment is sealed, so that no build can change what another
-        build installs.
+        See ``jupyter_cache``. Each build's own download cache (uv's, pip's,
+        conda's) is not here: it is created inside the environment being
+        built and removed before the environment is sealed, so that no build
+        can change what another build installs.
         Default ``binder-local/cache`` in the hub's working directory.
         Example: ``c.EnvironmentBuilder.cache_dir = "/var/cache/binder"``
 
@@ -523,60 +522,62 @@ class EnvironmentBuilder(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    jupyter_wheelhouse = Bool(
+    jupyter_cache = Bool(
         True,
         help="""
-        Keep the ``jupyter_packages`` and their dependencies as wheels on disk for every build.
+        Start each build's download cache with the ``jupyter_packages``, unpacked once by the hub.
 
-        Each build has a download cache of its own, so without the wheelhouse
-        every build downloads JupyterLab and JupyterHub again (about 70 MB).
-        Root downloads them once per Python version with ``pip download
-        --only-binary :all:`` (no package code runs) from the index the builds
-        use (``UV_DEFAULT_INDEX``/``UV_INDEX_URL``/``PIP_INDEX_URL`` and the
-        extra index variables, else PyPI); builds read them, never write them.
-        Needs ``pip`` beside the hub's Python; without it, or without a wheel
-        for some package, builds download everything themselves. Default True.
-        Example: ``c.EnvironmentBuilder.jupyter_wheelhouse = False``
+        Each build has a download cache of its own, so without this every
+        build downloads and unpacks JupyterLab, JupyterHub and their
+        dependencies again (about 110 packages, 300 MB unpacked). One sandboxed
+        step per Python version installs only these packages, as wheels
+        (``--only-binary :all:``: no package code runs), into a uv cache that
+        root then seals; a build's cache starts as a copy of it whose package
+        files are root's read-only hard links. If that step fails, builds
+        download everything themselves. Only for ``installer = "uv"``.
+        Default True.
+        Example: ``c.EnvironmentBuilder.jupyter_cache = False``
 
         .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
-    wheelhouse_max_age = Integer(
+    jupyter_cache_max_age = Integer(
         24 * 3600,
         help="""
-        Seconds after which the wheelhouse is downloaded again, for new releases.
+        Seconds after which the cache of the Jupyter packages is prepared again, for new releases.
 
         Builds resolve against the index as always: a package released since
-        the last download comes from the index until then. Default one day.
-        Example: ``c.EnvironmentBuilder.wheelhouse_max_age = 6 * 3600``
+        then is downloaded by each build until the next preparation. Default
+        one day.
+        Example: ``c.EnvironmentBuilder.jupyter_cache_max_age = 6 * 3600``
 
         .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
-    @validate("wheelhouse_max_age")
-    def _valid_wheelhouse_max_age(self, proposal):
+    @validate("jupyter_cache_max_age")
+    def _valid_jupyter_cache_max_age(self, proposal):
         if proposal.value < 60:
             raise TraitError(
-                f"EnvironmentBuilder.wheelhouse_max_age must be at least 60 seconds, "
+                f"EnvironmentBuilder.jupyter_cache_max_age must be at least 60 seconds, "
                 f"not {proposal.value}"
             )
         return proposal.value
 
     link_mode = Enum(
-        ["hardlink", "copy", "clone"],
-        "hardlink",
+        ["copy", "hardlink", "clone"],
+        "copy",
         help="""
         How uv puts packages from the build's download cache into the environment (``UV_LINK_MODE``).
 
-        Default ``hardlink``: the cache is inside the environment's directory
-        (one mount), so packages are linked, not copied, and the cache is
-        removed before the environment is sealed, which leaves each file with
-        one link. ``copy`` writes every file twice; ``clone`` needs a
-        filesystem with reflinks (btrfs, XFS). (``symlink`` is not offered: the
-        links would point into the removed cache.)
-        Example: ``c.EnvironmentBuilder.link_mode = "copy"``
+        Default ``copy``. The Jupyter packages' files in a build's cache are
+        root's (see ``jupyter_cache``), which the kernel does not let the build
+        uid hard-link (``fs.protected_hardlinks``): with ``hardlink`` uv warns
+        and copies them. ``clone`` needs a filesystem with reflinks (btrfs,
+        XFS). ``symlink`` is not offered: the links would point into the
+        build's cache, which is removed when the build ends.
+        Example: ``c.EnvironmentBuilder.link_mode = "hardlink"``
 
         .. versionadded:: 0.1
         """,
@@ -597,21 +598,22 @@ class EnvironmentBuilder(LoggingConfigurable):
         self._slots = asyncio.Semaphore(self.max_concurrent_builds)
         # (repo_url, commit) -> monotonic time a fetch found no such commit
         self._missing = {}
-        self._wheelhouse = None
+        self._jupyter_caches = None
         self._cache_dir_checked = False
 
-    @property
-    def wheelhouse(self):
-        """The :class:`~binder_spawner.wheelhouse.Wheelhouse` of ``jupyter_packages`` (or None)."""
-        if self._wheelhouse is None and self.jupyter_wheelhouse and self.jupyter_packages:
-            self._wheelhouse = Wheelhouse(
-                os.path.join(self.cache_dir, "wheels"),
+    def _jupyter_cache_store(self):
+        """The :class:`~binder_spawner.jupytercache.JupyterCache` of ``jupyter_packages`` (or None)."""
+        if not (self.jupyter_cache and self.jupyter_packages and self.installer == "uv"):
+            return None
+        if self._jupyter_caches is None:
+            self._jupyter_caches = JupyterCache(
+                os.path.join(self.cache_dir, "jupyter"),
                 self.jupyter_packages,
-                max_age=self.wheelhouse_max_age,
-                timeout=self.build_timeout,
+                max_age=self.jupyter_cache_max_age,
                 log=self.log,
+                salt=[os.path.realpath(self.uv_path)],
             )
-        return self._wheelhouse
+        return self._jupyter_caches
 
     # -- public API -----------------------------------------------------------
 
@@ -764,7 +766,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         if st.st_uid != os.geteuid() or st.st_mode & 0o077:
             os.chmod(self.meta_dir, 0o700)
 
-    def _prepare(self, path, hand_over=True):
+    def _prepare(self, path, hand_over=True, seed=None):
         """A fresh, empty environment directory owned by the build uid.
 
         ``hand_over=False``: it stays root's (mode 0700) until
@@ -787,17 +789,22 @@ class EnvironmentBuilder(LoggingConfigurable):
             with os.fdopen(fd, "w") as f:
                 f.write("\n".join(self.uv_overrides) + "\n")
         uid = self.sandbox.build_uid()
-        if uid is not None and hand_over:
-            os.chown(path, uid, uid)
-        # the build's own download cache, inside the environment
+        # the build's own download cache, inside the environment: started from the
+        # Jupyter package cache while the directory is still root's, then the build uid's
         cache = os.path.join(path, CACHE_NAME)
         os.mkdir(cache, 0o700)
+        if seed is not None:
+            link_copy(seed, os.path.join(cache, "uv"), uid)
         if uid is not None:
             os.chown(cache, uid, uid)
+            if hand_over:
+                os.chown(path, uid, uid)
+        return uid
+
+    def _ensure_cache_dir(self):
         if not self._cache_dir_checked:
             self._check_cache_dir()
             self._cache_dir_checked = True
-        return uid
 
     def _check_cache_dir(self):
         """``cache_dir`` as root's (0711), without the shared caches of earlier versions."""
@@ -831,7 +838,9 @@ class EnvironmentBuilder(LoggingConfigurable):
     async def _build(self, task, repo_url, commit, git_config=None, fetch=None):
         path = os.path.join(self.envs_dir, task.key)
         try:
-            uid = await asyncio.to_thread(self._prepare, path, fetch is None)
+            await asyncio.to_thread(self._ensure_cache_dir)
+            seed = await self._jupyter_seed(task)
+            uid = await asyncio.to_thread(self._prepare, path, fetch is None, seed)
         except SandboxUnavailable as e:
             self.log.error("Local mode cannot build: %s", e)
             raise BuildError(
@@ -922,7 +931,6 @@ class EnvironmentBuilder(LoggingConfigurable):
         python, version, warnings = await self._choose_python(plan.python_version)
         for warning in warnings:
             task.add_line(f"Warning: {warning}")
-        run = functools.partial(run, wheels=await self._wheels(task, version))
         extra = [os.path.dirname(os.path.dirname(python))]
         task.add_line(f"Creating a Python {version} environment")
         if self.installer == "uv":
@@ -1012,8 +1020,6 @@ class EnvironmentBuilder(LoggingConfigurable):
                 ) from None
             raise
         version = await asyncio.to_thread(_conda_python_version, os.path.join(path, "venv"))
-        if version:
-            run = functools.partial(run, wheels=await self._wheels(task, version))
         python_in = venv_in + "/bin/python"
         install = [self.uv_path, "pip", "install", "--python", python_in]
         if self.uv_overrides:
@@ -1089,13 +1095,66 @@ class EnvironmentBuilder(LoggingConfigurable):
                 ) from None
         await run([*git, "-C", repo, "checkout", "-q", "--detach", commit])
 
-    async def _wheels(self, task, python_version):
-        """The wheelhouse for a build's Python version, or None."""
-        if self.wheelhouse is None:
-            return None
-        return await self.wheelhouse.get(python_version, task.add_line)
+    async def _jupyter_seed(self, task):
+        """The sealed uv cache of the Jupyter packages for the default Python, or None.
 
-    def _step_env(self, home, wheels=False):
+        The default Python is the one most builds use (conda environments
+        with the same version too); a build on another version downloads them.
+        """
+        store = self._jupyter_cache_store()
+        if store is None:
+            return None
+        try:
+            python, version, _ = await self._choose_python(None)
+        except BuildError:
+            return None
+        fill = functools.partial(self._fill_jupyter_cache, task, python)
+        generation = await store.get(version, fill, task.add_line)
+        return None if generation is None else os.path.join(generation, CACHE_NAME, "uv")
+
+    async def _fill_jupyter_cache(self, task, python, version, partial):
+        """Install only the Jupyter packages, as wheels, in a sandbox; seal the uv cache it left.
+
+        ``partial`` is root's new, empty directory. No repository is involved
+        and no package code runs (``--only-binary :all:``); once the step and
+        everything it started are gone, root removes the throwaway environment
+        and seals the rest.
+        """
+        uid = self.sandbox.build_uid()
+
+        def hand_over():
+            os.mkdir(os.path.join(partial, CACHE_NAME), 0o700)
+            if uid is not None:
+                os.chown(os.path.join(partial, CACHE_NAME), uid, uid)
+                os.chown(partial, uid, uid)
+
+        await asyncio.to_thread(hand_over)
+        cgroup = await asyncio.to_thread(
+            self.sandbox.create_cgroup,
+            cgroup_name(self.instance_id, "build", f"jupyter-cache-{version}"),
+            build=True,
+        )
+        # the throwaway environment is on the cache's mount: linked, not copied
+        env = {"UV_LINK_MODE": "hardlink", "UV_COMPILE_BYTECODE": "0"}
+        run = functools.partial(self._step, task, partial, uid, cgroup=cgroup, env=env)
+        extra = [os.path.dirname(os.path.dirname(python))]
+        venv_in = Environment.sandbox_venv
+        try:
+            await run([self.uv_path, "venv", "--python", python, venv_in], extra=extra)
+            install = [self.uv_path, "pip", "install", "--python", venv_in + "/bin/python"]
+            await run([*install, "--only-binary", ":all:", *self.jupyter_packages], extra=extra)
+        finally:
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.kill)
+                await asyncio.to_thread(cgroup.remove)
+
+        def seal_cache():
+            shutil.rmtree(os.path.join(partial, "venv"))
+            self._seal(partial)
+
+        await asyncio.to_thread(seal_cache)
+
+    def _step_env(self, home):
         env = {
             "PATH": f"{Environment.sandbox_venv}/bin:/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
@@ -1113,8 +1172,6 @@ class EnvironmentBuilder(LoggingConfigurable):
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "MALLOC_ARENA_MAX": "2",
         }
-        if wheels:
-            env["UV_FIND_LINKS"] = env["PIP_FIND_LINKS"] = WHEELS_MOUNT
         for name in (
             "UV_INDEX_URL",
             "UV_DEFAULT_INDEX",
@@ -1156,18 +1213,17 @@ class EnvironmentBuilder(LoggingConfigurable):
         cwd=None,
         home="/tmp",
         extra=(),
-        wheels=None,
+        env=None,
     ):
         """Run one build step in the sandbox, streaming its output into ``task``.
 
-        ``wheels``: the wheelhouse (mounted read-only), if there is one.
+        ``env``: variables to set over the usual ones.
         """
         cmd = self.sandbox.command(
             argv,
             uid=uid,
             cgroup=cgroup,
             extra_ro_paths=self._tool_mounts(extra),
-            ro_binds=[(wheels, WHEELS_MOUNT)] if wheels else (),
             rw_binds=[(path, ENV_MOUNT)],
             chdir=cwd or ENV_MOUNT,
             build=True,
@@ -1178,7 +1234,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self._step_env(home, wheels=bool(wheels)),
+            env={**self._step_env(home), **(env or {})},
             start_new_session=True,
         )
 

@@ -2,7 +2,7 @@
 
 ``start_local_hub(directory, git_server)`` starts it with its state in a
 directory the sandbox uids can reach (pytest's tmp is private to root) and the
-wheelhouse shared by the test runs of its uid range; :class:`LocalHub` launches servers
+Jupyter package cache shared by the test runs of its uid range; :class:`LocalHub` launches servers
 through the hub REST API, follows their progress and runs code in them.
 """
 
@@ -23,7 +23,7 @@ from .utils import REPO_ROOT, free_port, poll, run_config, uid_base
 
 
 def shared_cache_dir():
-    """The builders' cache directory (the wheelhouse) shared by the test runs of one uid range.
+    """The builders' cache directory (Jupyter packages) shared by the test runs of one uid range.
 
     One per sandbox uid range, so that two runs side by side (scripts/test) each
     have their own, as two hubs on one machine would.

@@ -1,10 +1,10 @@
-"""Local mode's download caches: one per build, and a wheelhouse builds cannot write.
+"""Local mode's download caches: one per build, started from a Jupyter package cache builds cannot change.
 
 The attack: a repository's ``postBuild`` (any build code: a ``setup.py``, an
-sdist's build script) rewrites the packages in its download cache and tries
-the wheelhouse, so that the next build of *another* repository installs its
-code. It must reach nothing: that build starts from an empty cache of its own,
-and the wheelhouse is root's and mounted read-only.
+sdist's build script) rewrites the packages in its download cache, so that the
+next build of *another* repository installs its code. It must reach nothing:
+the files it shares with the hub's cache are root's and read-only, what it
+replaces is its own copy, and the next build starts from a new copy.
 """
 
 import asyncio
@@ -13,22 +13,20 @@ import os
 import shutil
 import stat
 import textwrap
-import time
-import zipfile
 
 import pytest
 
-from binder_spawner.wheelhouse import (
+from binder_spawner.jupytercache import (
     KEEP_GENERATIONS,
-    Wheelhouse,
+    JupyterCache,
+    cache_key,
     choose_generation,
-    download_command,
-    index_settings,
+    link_copy,
     python_minor,
-    wheelhouse_key,
 )
 
 from .localhub import make_builder, reachable_build_root
+from .utils import uid_base
 
 # A real, tiny, pure-Python package from PyPI (one wheel, no dependencies),
 # standing in for the Jupyter packages every build installs.
@@ -42,26 +40,25 @@ POISON_POSTBUILD = textwrap.dedent(
     exec python - <<'EOF'
     import glob, os
     cache = os.environ["UV_CACHE_DIR"]
-    planted = 0
-    for path in glob.glob(cache + "/**/six.py", recursive=True):
-        with open(path, "a") as f:
-            f.write("\\n{MARKER} = True\\n")
-        planted += 1
-    report = ["planted %d" % planted]
-    wheels = glob.glob("/srv/wheels/*")
-    report.append("wheelhouse files %d" % len(wheels))
-    for path in wheels + ["/srv/wheels/planted-1.0-py3-none-any.whl"]:
+    report, replaced = [], 0
+    found = glob.glob(cache + "/**/six.py", recursive=True)
+    for path in sorted(set(os.path.realpath(p) for p in found)):
         try:
-            with open(path, "ab") as f:
-                f.write(b"planted")
-            report.append("wrote " + path)
+            with open(path, "a") as f:
+                f.write("\\n{MARKER} = True\\n")
+            report.append("appended " + path)
         except OSError as e:
             report.append("refused " + path + ": " + e.strerror)
+        # the build's own directory: the file can be replaced there
+        os.unlink(path)
+        with open(path, "w") as f:
+            f.write("{MARKER} = True\\n")
+        replaced += 1
     # something for the next build to find beside its cache
     with open(os.path.join(os.path.dirname(cache), "planted"), "w") as f:
         f.write("planted")
     with open("attack-report.txt", "w") as f:
-        f.write("\\n".join(report) + "\\n")
+        f.write("\\n".join(["replaced %d" % replaced] + report) + "\\n")
     EOF
     """
 )
@@ -92,50 +89,16 @@ def test_python_minor_refuses_what_is_not_a_version(version):
     assert python_minor(version) is None
 
 
-def test_index_settings_follow_the_builds_variables():
-    assert index_settings({}) == ("https://pypi.org/simple", [])
-    env = {
-        "PIP_INDEX_URL": "https://pip.example/simple",
-        "UV_INDEX_URL": "https://uv-old.example/simple",
-        "UV_EXTRA_INDEX_URL": "https://a.example/simple https://b.example/simple",
-    }
-    assert index_settings(env) == (
-        "https://uv-old.example/simple",
-        ["https://a.example/simple", "https://b.example/simple"],
-    )
-    env["UV_DEFAULT_INDEX"] = "https://uv.example/simple"
-    assert index_settings(env)[0] == "https://uv.example/simple"
-
-
-def test_wheelhouse_key_changes_with_what_it_holds():
-    index = ("https://pypi.org/simple", [])
-    key = wheelhouse_key("3.11", ["jupyterlab"], index)
+def test_cache_key_changes_with_what_it_holds():
+    key = cache_key("3.11", ["jupyterlab"], ["/usr/bin/uv"])
     assert key.startswith("py3.11-")
-    assert key == wheelhouse_key("3.11", ["jupyterlab"], index)
+    assert key == cache_key("3.11", ["jupyterlab"], ["/usr/bin/uv"])
     others = {
-        wheelhouse_key("3.12", ["jupyterlab"], index),
-        wheelhouse_key("3.11", ["jupyterlab", "jupyterhub==5.5.0"], index),
-        wheelhouse_key("3.11", ["jupyterlab"], ("https://mirror.example/simple", [])),
-        wheelhouse_key("3.11", ["jupyterlab"], ("https://pypi.org/simple", ["https://x/simple"])),
+        cache_key("3.12", ["jupyterlab"], ["/usr/bin/uv"]),
+        cache_key("3.11", ["jupyterlab", "jupyterhub==5.5.0"], ["/usr/bin/uv"]),
+        cache_key("3.11", ["jupyterlab"], ["/opt/uv"]),
     }
-    assert key not in others and len(others) == 4
-
-
-def test_download_command_is_wheels_only_from_the_given_index():
-    argv = download_command(
-        "/py",
-        "3.11",
-        ["jupyterlab", "-r/etc/shadow"],
-        "/dest",
-        ("https://mirror.example/simple", ["https://extra.example/simple"]),
-    )
-    assert argv[:4] == ["/py", "-m", "pip", "--isolated"]
-    assert argv[argv.index("--only-binary") + 1] == ":all:"
-    assert argv[argv.index("--python-version") + 1] == "3.11"
-    assert argv[argv.index("--index-url") + 1] == "https://mirror.example/simple"
-    assert argv[argv.index("--extra-index-url") + 1] == "https://extra.example/simple"
-    # packages come after "--": none of them can be read as an option
-    assert argv[argv.index("--") + 1 :] == ["jupyterlab", "-r/etc/shadow"]
+    assert key not in others and len(others) == 3
 
 
 def test_choose_generation():
@@ -147,6 +110,36 @@ def test_choose_generation():
     current, stale, old = choose_generation(["1", "3", "2", "4"], now, 3600)
     assert (current, stale) == ("4", True)
     assert old == ["2", "1"] and KEEP_GENERATIONS == 2
+
+
+# -- a build's copy of the cache ----------------------------------------------------
+
+
+def test_link_copy_shares_only_roots_read_only_package_files(tmp_path):
+    uid = uid_base() + 1
+    seed = tmp_path / "seed"
+    (seed / "archive-v0" / "abc" / "pkg").mkdir(parents=True)
+    (seed / "archive-v0" / "abc" / "pkg" / "mod.py").write_text("x = 1\n")
+    (seed / "wheels-v8" / "pypi" / "pkg").mkdir(parents=True)
+    (seed / "wheels-v8" / "pypi" / "pkg" / "1.0-py3-none-any.http").write_text("meta")
+    (seed / "wheels-v8" / "pypi" / "pkg" / "1.0-py3-none-any.lock").write_text("")
+    (seed / "wheels-v8" / "pypi" / "pkg" / "1.0-py3-none-any").symlink_to("../../../archive-v0/abc")
+    (seed / ".lock").write_text("")
+    dest = tmp_path / "dest"
+    assert link_copy(str(seed), str(dest), uid) == 1
+
+    shared = dest / "archive-v0" / "abc" / "pkg" / "mod.py"
+    assert shared.stat().st_ino == (seed / "archive-v0" / "abc" / "pkg" / "mod.py").stat().st_ino
+    assert shared.stat().st_uid == 0
+    meta = dest / "wheels-v8" / "pypi" / "pkg" / "1.0-py3-none-any.http"
+    assert meta.read_text() == "meta" and meta.stat().st_uid == uid
+    assert meta.stat().st_ino != (seed / "wheels-v8/pypi/pkg/1.0-py3-none-any.http").stat().st_ino
+    link = dest / "wheels-v8" / "pypi" / "pkg" / "1.0-py3-none-any"
+    assert os.readlink(link) == "../../../archive-v0/abc" and link.lstat().st_uid == uid
+    assert not (dest / ".lock").exists()
+    assert not (dest / "wheels-v8" / "pypi" / "pkg" / "1.0-py3-none-any.lock").exists()
+    for d in (dest, dest / "archive-v0", dest / "archive-v0" / "abc", dest / "wheels-v8"):
+        assert d.stat().st_uid == uid, d
 
 
 # -- real builds ------------------------------------------------------------------
@@ -173,11 +166,15 @@ async def collect(task):
 
 
 def generations(cache_dir):
-    wheels = os.path.join(cache_dir, "wheels")
-    keys = [k for k in os.listdir(wheels) if not k.endswith(".lock")]
+    root = os.path.join(cache_dir, "jupyter")
+    keys = [k for k in os.listdir(root) if not k.endswith(".lock")]
     assert len(keys) == 1, keys
-    key_dir = os.path.join(wheels, keys[0])
+    key_dir = os.path.join(root, keys[0])
     return key_dir, sorted(n for n in os.listdir(key_dir) if n.isdigit())
+
+
+def find(root, name):
+    return [os.path.join(d, name) for d, _, files in os.walk(root) if name in files]
 
 
 async def test_a_build_cannot_change_what_another_build_installs(module_git_server, build_root):
@@ -191,103 +188,99 @@ async def test_a_build_cannot_change_what_another_build_installs(module_git_serv
     task = builder.build(attacker, git.sha("mallory/poison"))
     lines = await collect(task)
     poisoned = await task.result()
-    assert any("into the hub's wheelhouse" in line for line in lines), lines
-    assert not exists(cache_dir, "uv")
+    assert any("cache of the Jupyter packages" in line for line in lines), lines
+    assert sorted(os.listdir(cache_dir)) == ["jupyter"]
 
     report = read(poisoned.repo_dir, "attack-report.txt").splitlines()
-    # the attack did reach the copy of six in its own build's cache...
-    assert report[0] != "planted 0", report
-    # ...and found the wheelhouse, but could write none of it
-    assert report[1] != "wheelhouse files 0", report
-    assert len(report) > 3 and all(line.startswith("refused ") for line in report[2:]), report
+    # the attack found six in its cache, could change none of the hub's files,
+    # and replaced its own copy
+    assert report[0] != "replaced 0", report
+    assert len(report) > 1 and all(line.startswith("refused ") for line in report[1:]), report
+    assert all(line.endswith("Permission denied") for line in report[1:]), report
 
-    # the wheelhouse is root's, read-only to everyone else, and holds an intact wheel
+    # the hub's cache: root's, read-only to everyone else, six intact
     key_dir, gens = generations(cache_dir)
     assert len(gens) == 1
-    wheelhouse = os.path.join(key_dir, gens[0])
-    (wheel,) = os.listdir(wheelhouse)
-    assert wheel.startswith("six-1.17.0-")
-    for path in (cache_dir, os.path.dirname(key_dir), key_dir, wheelhouse):
+    seed = os.path.join(key_dir, gens[0])
+    (six_in_seed,) = find(seed, "six.py")
+    assert MARKER not in read(six_in_seed)
+    for path in (cache_dir, os.path.dirname(key_dir), key_dir, seed, six_in_seed):
         st = os.lstat(path)
         assert st.st_uid == 0 and not st.st_mode & 0o022, path
-    st = os.lstat(os.path.join(wheelhouse, wheel))
-    assert st.st_uid == 0 and not st.st_mode & 0o022
-    with zipfile.ZipFile(os.path.join(wheelhouse, wheel)) as z:
-        assert MARKER.encode() not in z.read("six.py")
-
     # the attacker's cache went with its build: the sealed environment has none
     assert not exists(poisoned.path, ".cache")
-    assert sorted(os.listdir(cache_dir)) == ["wheels"]
 
     victim = git.create_repo("alice/victim", {"postBuild": CHECK_POSTBUILD})
     task = builder.build(victim, git.sha("alice/victim"))
     lines = await collect(task)
     env = await task.result()
-    assert not any("into the hub's wheelhouse" in line for line in lines), lines
+    assert not any("cache of the Jupyter packages" in line for line in lines), lines
+    # six came from the hub's cache, not from PyPI
+    assert not any("Downloading" in line or "Prepared" in line for line in lines), lines
     assert read(env.repo_dir, "six-check.txt").strip() == "False"
     assert "planted" not in read(env.repo_dir, "cache-listing.txt")
-    (six,) = [
-        os.path.join(root, "six.py")
-        for root, _, files in os.walk(env.venv)
-        if "six.py" in files and root.endswith("site-packages")
-    ]
+    (six,) = [p for p in find(env.venv, "six.py") if "site-packages" in p]
     assert MARKER not in read(six)
-    # one wheelhouse download served both builds
+    # copied: sealing left one link per file, none shared with the hub's cache
+    assert os.stat(six).st_nlink == 1
     assert generations(cache_dir)[1] == gens
     assert not exists(env.path, ".cache")
-    # packages were linked from the build's cache, which is gone: one link per file
-    assert os.stat(six).st_nlink == 1
 
 
-async def test_wheelhouse_refreshes_keeps_two_generations_and_survives_failures(build_root):
-    log = logging.getLogger("test-wheelhouse")
-    root = os.path.join(build_root, "wheels")
-    wheelhouse = Wheelhouse(root, [SMALL_PACKAGE], max_age=3600, timeout=300, log=log)
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+async def fill_with(version, directory):
+    await asyncio.to_thread(write, os.path.join(directory, "made-for"), version)
+
+
+async def test_jupyter_cache_refreshes_keeps_two_generations_and_survives_failures(build_root):
+    log = logging.getLogger("test-jupyter-cache")
+    root = os.path.join(build_root, "jupyter")
+    store = JupyterCache(root, [SMALL_PACKAGE], max_age=3600, log=log)
+    fills = []
+
+    async def fill(version, directory):
+        fills.append(version)
+        await asyncio.sleep(0.1)  # concurrent requests arrive during the fill
+        await fill_with(version, directory)
+
     lines = []
-    first = await wheelhouse.get("3.11.4", lines.append)
-    assert first is not None and os.listdir(first) == ["six-1.17.0-py2.py3-none-any.whl"]
-    assert lines == ["Downloading the Jupyter packages for Python 3.11 into the hub's wheelhouse"]
-    # fresh: the same generation, nothing downloaded
-    assert await wheelhouse.get("3.11", lines.append) == first and len(lines) == 1
+    first = await store.get("3.11.4", fill, lines.append)
+    assert read(first, "made-for") == "3.11" and fills == ["3.11"]
+    assert lines == ["Preparing the hub's cache of the Jupyter packages for Python 3.11"]
+    # fresh: the same generation, no fill
+    assert await store.get("3.11", fill, lines.append) == first and len(fills) == 1
 
-    # concurrent requests for a stale wheelhouse share one download, and the
-    # generations before the previous one are removed
+    # concurrent requests for a stale cache share one fill, and the generations
+    # before the previous one are removed
     key_dir = os.path.dirname(first)
-    hour_ago = int(time.time()) - 3600
+    old = int(os.path.basename(first)) - 3600
     for age in (1, 2, 3):
-        os.rename(first if age == 1 else f"{key_dir}/new", f"{key_dir}/{hour_ago - age * 10}")
+        os.rename(first if age == 1 else f"{key_dir}/new", f"{key_dir}/{old - age * 10}")
         if age < 3:
-            shutil.copytree(f"{key_dir}/{hour_ago - age * 10}", f"{key_dir}/new")
+            shutil.copytree(f"{key_dir}/{old - age * 10}", f"{key_dir}/new")
     lines.clear()
-    got = await asyncio.gather(*(wheelhouse.get("3.11", lines.append) for _ in range(3)))
-    assert len(set(got)) == 1 and len(lines) == 1
-    assert sorted(os.listdir(key_dir)) == sorted([os.path.basename(got[0]), str(hour_ago - 10)])
+    got = await asyncio.gather(*(store.get("3.11", fill, lines.append) for _ in range(3)))
+    assert len(set(got)) == 1 and len(lines) == 1 and len(fills) == 2
+    assert sorted(os.listdir(key_dir)) == sorted([os.path.basename(got[0]), str(old - 10)])
 
-    # no wheel for a package: builds go on without a wheelhouse, and it is not
-    # tried again at every build
-    broken = Wheelhouse(
-        root,
-        ["this-package-does-not-exist-binder-test==0.0.1"],
-        max_age=3600,
-        timeout=300,
-        log=log,
+    # a failed fill: builds go on without the cache, it is not tried at every
+    # build, and nothing half-made is left
+    async def broken(version, directory):
+        await fill_with(version, directory)
+        raise RuntimeError("no network")
+
+    other = JupyterCache(root, ["jupyterlab"], max_age=3600, log=log)
+    lines.clear()
+    assert await other.get("3.11", broken, lines.append) is None
+    assert lines[-1] == (
+        "The hub's cache of the Jupyter packages is unavailable; this build downloads them"
     )
     lines.clear()
-    assert await broken.get("3.11", lines.append) is None
-    assert lines[-1] == "The hub's wheelhouse is unavailable; this build downloads every package"
-    lines.clear()
-    assert await broken.get("3.11", lines.append) is None and lines == []
-    # a hub without pip (or any other failure): the same, never a failed build
-    no_pip = Wheelhouse(
-        os.path.join(build_root, "other"),
-        [SMALL_PACKAGE],
-        max_age=3600,
-        timeout=300,
-        log=log,
-        python=os.path.join(build_root, "no-such-python"),
-    )
-    assert await no_pip.get("3.11") is None
-    # nothing half-downloaded is left
+    assert await other.get("3.11", fill, lines.append) is None and lines == []
     for key in os.listdir(root):
         if not key.endswith(".lock") and key != os.path.basename(key_dir):
             assert os.listdir(os.path.join(root, key)) == []
