@@ -42,6 +42,13 @@ Measured 2026-11-29 on the 2-core development machine, load average 1.1
 - a cold launch 15.8 s, of which the build 12.9 s and sealing 0.77 s
   (23,141 files, 348 MB).
 
+Measured 2026-11-30 on the 2-core development machine, load average 0.9 ->
+1.3, ``--repeat 3``, each build with a download cache of its own: the first
+build (which also prepares the Jupyter package cache) 30.5 s; build_s 17.6 s
+(15.2, 17.6, 19.6); without the Jupyter package cache 23.4 s (21.9, 24.2,
+23.4); pip 53.8 s (3.1x uv); a cold launch 23.9 s (build 19.9 s, sealing
+1.1 s, 348 MB, 23,141 files); relaunch_warm median 1.79 s (1.84, 1.73, 1.79).
+
 Earlier (2026-11-28, load 8.3 -> 3.6, ``--repeat 5``), when all builds shared
 one download cache (which let one repository's build code change what later
 builds installed): build with an empty cache 20.3 s, with the shared cache
