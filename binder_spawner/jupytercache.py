@@ -32,6 +32,8 @@ import re
 import shutil
 import time
 
+from .seal import make_private_dir
+
 # how long a failed fill is not tried again (builds go on without the cache)
 RETRY_AFTER_FAILURE = 600
 
@@ -229,16 +231,3 @@ def link_copy(seed, dest, uid):
 
     walk(seed, dest, False)
     return files
-
-
-def make_private_dir(path):
-    """``path`` as a root-owned directory others may traverse but not list or write (0711)."""
-    os.makedirs(path, mode=0o711, exist_ok=True)
-    st = os.lstat(path)
-    if st.st_uid != os.geteuid() or (st.st_mode & 0o7777) != 0o711:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fchown(fd, os.geteuid(), os.getegid())
-            os.fchmod(fd, 0o711)
-        finally:
-            os.close(fd)

@@ -43,7 +43,7 @@ from traitlets.traitlets import TraitError
 from . import condainstall, gitref
 from .archives import ArchiveError
 from .cgroups import cgroup_name
-from .jupytercache import JupyterCache, link_copy, make_private_dir
+from .jupytercache import JupyterCache, link_copy
 from .localplan import (
     APT_POLICIES,
     UnsupportedRepository,
@@ -55,7 +55,7 @@ from .localplan import (
     version_tuple,
 )
 from .sandbox import TRUSTED_PATH, Sandbox, SandboxUnavailable, trusted_which
-from .seal import SealError, chown_tree, seal
+from .seal import SealError, chown_tree, make_private_dir, seal
 
 # Where an environment appears inside every sandbox. The venv is built there
 # and used there, so its scripts and the build log name these paths, never the
@@ -66,9 +66,8 @@ ENV_MOUNT = "/srv/binder"
 CACHE_NAME = ".cache"
 CACHE_MOUNT = f"{ENV_MOUNT}/{CACHE_NAME}"
 
-# the download caches of one hub's builds before each build had its own:
-# writable by every build, so never used again
-SHARED_CACHE_DIRS = ("uv", "pip", "conda", "wheels")
+# the one entry of cache_dir: root's caches of the Jupyter packages
+JUPYTER_CACHE_DIR = "jupyter"
 
 # a marker that is never true removes a requirement (uv's override semantics)
 SLOW_IMPORT_OVERRIDE = "rfc3987-syntax ; sys_platform == 'never'"
@@ -544,6 +543,7 @@ class EnvironmentBuilder(LoggingConfigurable):
 
     jupyter_cache_max_age = Integer(
         24 * 3600,
+        min=60,
         help="""
         Seconds after which the cache of the Jupyter packages is prepared again, for new releases.
 
@@ -555,15 +555,6 @@ class EnvironmentBuilder(LoggingConfigurable):
         .. versionadded:: 0.2
         """,
     ).tag(config=True)
-
-    @validate("jupyter_cache_max_age")
-    def _valid_jupyter_cache_max_age(self, proposal):
-        if proposal.value < 60:
-            raise TraitError(
-                f"EnvironmentBuilder.jupyter_cache_max_age must be at least 60 seconds, "
-                f"not {proposal.value}"
-            )
-        return proposal.value
 
     link_mode = Enum(
         ["copy", "hardlink", "clone"],
@@ -607,7 +598,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             return None
         if self._jupyter_caches is None:
             self._jupyter_caches = JupyterCache(
-                os.path.join(self.cache_dir, "jupyter"),
+                os.path.join(self.cache_dir, JUPYTER_CACHE_DIR),
                 self.jupyter_packages,
                 max_age=self.jupyter_cache_max_age,
                 log=self.log,
@@ -761,10 +752,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         return env
 
     def _make_meta_dir(self):
-        os.makedirs(self.meta_dir, mode=0o700, exist_ok=True)
-        st = os.lstat(self.meta_dir)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            os.chmod(self.meta_dir, 0o700)
+        make_private_dir(self.meta_dir, 0o700)
 
     def _prepare(self, path, hand_over=True, seed=None):
         """A fresh, empty environment directory owned by the build uid.
@@ -801,15 +789,12 @@ class EnvironmentBuilder(LoggingConfigurable):
                 os.chown(path, uid, uid)
         return uid
 
-    def _ensure_cache_dir(self):
-        if not self._cache_dir_checked:
-            self._check_cache_dir()
-            self._cache_dir_checked = True
-
     def _check_cache_dir(self):
-        """``cache_dir`` as root's (0711), without the shared caches of earlier versions."""
+        """``cache_dir`` as root's (0711), without the shared caches of earlier versions (once)."""
+        if self._cache_dir_checked:
+            return
         make_private_dir(self.cache_dir)
-        for name in SHARED_CACHE_DIRS:
+        for name in ("uv", "pip", "conda"):
             old = os.path.join(self.cache_dir, name)
             if os.path.lexists(old):
                 self.log.warning(
@@ -819,6 +804,7 @@ class EnvironmentBuilder(LoggingConfigurable):
                 )
                 # rmtree never follows links
                 shutil.rmtree(old, ignore_errors=True)
+        self._cache_dir_checked = True
 
     def _seal(self, path):
         forbidden = [
@@ -838,7 +824,7 @@ class EnvironmentBuilder(LoggingConfigurable):
     async def _build(self, task, repo_url, commit, git_config=None, fetch=None):
         path = os.path.join(self.envs_dir, task.key)
         try:
-            await asyncio.to_thread(self._ensure_cache_dir)
+            await asyncio.to_thread(self._check_cache_dir)
             seed = await self._jupyter_seed(task)
             uid = await asyncio.to_thread(self._prepare, path, fetch is None, seed)
         except SandboxUnavailable as e:

@@ -195,3 +195,21 @@ def _chown_dir(fd, uid, gid, depth):
                 os.close(sub)
         else:
             os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+
+def make_private_dir(path, mode=0o711):
+    """``path`` as a root-owned directory with ``mode`` (0711: others may traverse, not list).
+
+    ``path`` is one the admin configured or root created in a directory only
+    root writes, so it is followed if it is a link; its ownership and mode are
+    changed through a descriptor.
+    """
+    os.makedirs(path, mode=mode, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != mode:
+            os.fchown(fd, os.geteuid(), os.getegid())
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
