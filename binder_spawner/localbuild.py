@@ -790,20 +790,30 @@ class EnvironmentBuilder(LoggingConfigurable):
         return uid
 
     def _check_cache_dir(self):
-        """``cache_dir`` as root's (0711), without the shared caches of earlier versions (once)."""
+        """``cache_dir`` as root's (0711), holding nothing but root's Jupyter package caches.
+
+        Once per builder. Earlier versions gave the whole directory to the build
+        uid (one download cache for all builds): if it is not root's, anything
+        in it may have been written by a build, the Jupyter caches too, and all
+        of it goes. Whatever else is in it goes in any case.
+        """
         if self._cache_dir_checked:
             return
+        try:
+            builds_wrote_it = os.stat(self.cache_dir).st_uid != os.geteuid()
+        except FileNotFoundError:
+            builds_wrote_it = False
         make_private_dir(self.cache_dir)
-        for name in ("uv", "pip", "conda"):
-            old = os.path.join(self.cache_dir, name)
-            if os.path.lexists(old):
-                self.log.warning(
-                    "Removing %s: builds no longer share a download cache (any build could "
-                    "write this one)",
-                    old,
-                )
+        for name in os.listdir(self.cache_dir):
+            if name == JUPYTER_CACHE_DIR and not builds_wrote_it:
+                continue
+            path = os.path.join(self.cache_dir, name)
+            self.log.warning("Removing %s: builds could write it (no build shares a cache)", path)
+            if os.path.isdir(path) and not os.path.islink(path):
                 # rmtree never follows links
-                shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
         self._cache_dir_checked = True
 
     def _seal(self, path):

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import textwrap
+import time
 
 import pytest
 
@@ -230,6 +231,73 @@ async def test_a_build_cannot_change_what_another_build_installs(module_git_serv
 def write(path, text):
     with open(path, "w") as f:
         f.write(text)
+
+
+async def test_a_cache_left_writable_by_an_earlier_version_is_not_used(
+    module_git_server, build_root
+):
+    # Earlier versions handed the whole cache directory to the build uid, so a
+    # build could have left anything in it: here, the newest generation of the
+    # Jupyter package cache, with six changed.
+    git = module_git_server
+    made = os.path.join(build_root, "made")
+    builder = make_builder(build_root, cache_dir=made, jupyter_packages=[SMALL_PACKAGE])
+    first = git.create_repo("org/first-build", {})
+    await (builder.build(first, git.sha("org/first-build"))).result()
+    key_dir, (generation,) = generations(made)
+
+    old = os.path.join(build_root, "old")
+    shutil.copytree(made, old, symlinks=True)
+    planted = os.path.join(old, "jupyter", os.path.basename(key_dir), str(int(time.time()) + 10**6))
+    os.rename(os.path.join(old, "jupyter", os.path.basename(key_dir), generation), planted)
+    for path in find(planted, "six.py"):
+        write(path, f"{MARKER} = True\n")
+    uid = builder.sandbox.build_uid()
+    for root, dirs, files in os.walk(old):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), uid, uid)
+    os.lchown(old, uid, uid)
+
+    upgraded = make_builder(build_root, cache_dir=old, jupyter_packages=[SMALL_PACKAGE])
+    victim = git.create_repo("alice/after-upgrade", {"postBuild": CHECK_POSTBUILD})
+    task = upgraded.build(victim, git.sha("alice/after-upgrade"))
+    await collect(task)
+    env = await task.result()
+    assert read(env.repo_dir, "six-check.txt").strip() == "False"
+    (six,) = [p for p in find(env.venv, "six.py") if "site-packages" in p]
+    assert MARKER not in read(six)
+    assert not exists(planted)
+    st = os.lstat(old)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o711
+
+
+@pytest.mark.parametrize("where", ["the cache", "inside the cache"])
+async def test_a_link_left_for_the_cache_removal_gets_root_nothing(
+    module_git_server, build_root, where
+):
+    # root removes the build's cache after the build: the build replaces it (or
+    # fills it) with links to a directory of root's
+    git = module_git_server
+    canary = os.path.join(build_root, "roots-own")
+    os.mkdir(canary, 0o700)
+    write(os.path.join(canary, "keep"), "root's")
+    if where == "the cache":
+        plant = f"rm -rf /srv/binder/.cache\nln -s {canary} /srv/binder/.cache\n"
+    else:
+        plant = (
+            f"ln -s {canary} /srv/binder/.cache/link\nln -s {canary}/keep /srv/binder/.cache/file\n"
+        )
+    url = git.create_repo(f"mallory/cache-link-{where[0]}", {"postBuild": "#!/bin/sh\n" + plant})
+    builder = make_builder(build_root)
+    task = builder.build(url, git.sha(f"mallory/cache-link-{where[0]}"))
+    await collect(task)
+    try:
+        await task.result()
+    except Exception as e:  # refusing the environment is fine too
+        assert "unsafe" in str(e), e
+    assert read(canary, "keep") == "root's"
+    st = os.lstat(canary)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o700
 
 
 async def fill_with(version, directory):
