@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import textwrap
 import uuid
+from urllib.parse import quote
 
 import aiohttp
 
@@ -86,6 +87,13 @@ class LocalHub:
     def __init__(self, hub, git):
         self.hub = hub
         self.git = git
+
+    def launch_link(self, repo_url, urlpath):
+        """The Binder launch link of ``repo_url`` at ``main`` that opens ``urlpath``."""
+        return (
+            f"{self.hub.url}/services/binder/v2/git/{quote(repo_url, safe='')}/main"
+            f"?urlpath={urlpath}"
+        )
 
     async def launch(self, user, user_options, server=""):
         """Start ``user``'s server with ``user_options``; returns the progress events."""

@@ -8,15 +8,13 @@ the package index, as in every local-mode build.
 """
 
 import json
-from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import async_playwright
 
 from .condachannel import CHANNEL, ChannelServer, cached_channel, host_python
 from .localhub import local_hub_session
-from .utils import CHROMIUM, CHROMIUM_ARGS, uid_base
+from .utils import fresh_browser_page, uid_base
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -127,36 +125,26 @@ async def test_browser_lands_in_jupyterlab_and_runs_a_cell(local, demo, tmp_path
     url, _ = demo
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    async with fresh_browser_page(viewport={"width": 1280, "height": 800}) as page:
+        console = []
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        await page.goto(local.launch_link(url, "lab/tree/analysis.ipynb"))
+        await page.wait_for_url("**/lab/tree/analysis.ipynb**", timeout=400_000)
+        # the notebook's kernel (python3 of the conda environment) is up and
+        # connected, as the status bar says, before the cell is run
+        status = page.locator(".jp-StatusBar-TextItem", has_text="| Idle")
+        await status.first.wait_for(timeout=180_000)
+        editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+        await editor.click()
         try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 800})
-            page = await context.new_page()
-            console = []
-            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-            link = (
-                f"{local.hub.url}/services/binder/v2/git/{quote(url, safe='')}/main"
-                "?urlpath=lab/tree/analysis.ipynb"
-            )
-            await page.goto(link)
-            await page.wait_for_url("**/lab/tree/analysis.ipynb**", timeout=400_000)
-            # the notebook's kernel (python3 of the conda environment) is up and
-            # connected, as the status bar says, before the cell is run
-            status = page.locator(".jp-StatusBar-TextItem", has_text="| Idle")
-            await status.first.wait_for(timeout=180_000)
-            editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
-            await editor.click()
-            try:
-                await page.keyboard.press("Shift+Enter")
-                output = page.locator(".jp-OutputArea-output", has_text="binderlib 2.0 yes")
-                await output.first.wait_for(timeout=120_000)
-            except BaseException:
-                print("\n".join(console[-60:]))
-                raise
-            finally:
-                await page.screenshot(path=str(shots / "cell.png"))
+            await page.keyboard.press("Shift+Enter")
+            output = page.locator(".jp-OutputArea-output", has_text="binderlib 2.0 yes")
+            await output.first.wait_for(timeout=120_000)
+        except BaseException:
+            print("\n".join(console[-60:]))
+            raise
         finally:
-            await browser.close()
+            await page.screenshot(path=str(shots / "cell.png"))
     assert (shots / "cell.png").stat().st_size > 0
 
 

@@ -15,16 +15,14 @@ import glob
 import json
 import os
 import textwrap
-from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import async_playwright
 
 from binder_spawner.localbuild import instance_id
 
 from .localhub import local_hub_session
-from .utils import CHROMIUM, CHROMIUM_ARGS
+from .utils import fresh_browser_page
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -176,30 +174,23 @@ async def test_launch_link_to_jupyterlab(local, tmp_path):
     )
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            # a new context is a fresh profile: no cookies, no identity yet
-            context = await browser.new_context(viewport={"width": 1280, "height": 800})
-            page = await context.new_page()
-            link = f"{local.hub.url}/services/binder/v2/git/{quote(url, safe='')}/main?urlpath=lab"
-            await page.goto(link)
-            # the hub's progress page shows the build's own lines as they come
-            await page.wait_for_url("**/hub/spawn-pending/**", timeout=60_000)
-            log = page.locator("#progress-log")
-            await log.get_by_text("Cloning", exact=False).first.wait_for(
-                state="attached", timeout=120_000
-            )
-            await page.screenshot(path=str(shots / "progress.png"))
-            # then JupyterLab, with the repository's notebook in the file browser
-            await page.wait_for_url("**/lab**", timeout=300_000)
-            item = page.locator(".jp-DirListing-item", has_text="analysis.ipynb")
-            await item.first.wait_for(timeout=120_000)
-            await page.screenshot(path=str(shots / "jupyterlab.png"))
-            assert "/user/" in page.url
-            visitor = page.url.split("/user/", 1)[1].split("/", 1)[0]
-        finally:
-            await browser.close()
+    # a fresh profile: no cookies, no identity yet
+    async with fresh_browser_page(viewport={"width": 1280, "height": 800}) as page:
+        await page.goto(local.launch_link(url, "lab"))
+        # the hub's progress page shows the build's own lines as they come
+        await page.wait_for_url("**/hub/spawn-pending/**", timeout=60_000)
+        log = page.locator("#progress-log")
+        await log.get_by_text("Cloning", exact=False).first.wait_for(
+            state="attached", timeout=120_000
+        )
+        await page.screenshot(path=str(shots / "progress.png"))
+        # then JupyterLab, with the repository's notebook in the file browser
+        await page.wait_for_url("**/lab**", timeout=300_000)
+        item = page.locator(".jp-DirListing-item", has_text="analysis.ipynb")
+        await item.first.wait_for(timeout=120_000)
+        await page.screenshot(path=str(shots / "jupyterlab.png"))
+        assert "/user/" in page.url
+        visitor = page.url.split("/user/", 1)[1].split("/", 1)[0]
     assert (shots / "progress.png").stat().st_size > 0
     assert (shots / "jupyterlab.png").stat().st_size > 0
     # the module's hub goes on: the visitor's server ends with the test

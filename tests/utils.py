@@ -1,6 +1,7 @@
 """Small helpers shared by the tests: free ports, polling, repo paths, the browser."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: the browser tests' headless Chromium (Debian's) and its switches
+# the browser tests' headless Chromium (Debian's) and its switches
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -18,6 +19,23 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@contextlib.asynccontextmanager
+async def fresh_browser_page(**context_options):
+    """A page of headless Chromium in a fresh profile (no cookies, no identity); closed after.
+
+    ``page.context.new_page()`` opens another tab of the same profile.
+    """
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(**context_options)
+            yield await context.new_page()
+        finally:
+            await browser.close()
 
 
 def free_port(host="127.0.0.1"):
