@@ -54,6 +54,17 @@ def make_builder(root, **kwargs):
     return EnvironmentBuilder(envs_dir=os.path.join(root, "envs"), python_downloads=False, **kwargs)
 
 
+async def build_lines(task):
+    """Every line of an in-process build, until it ends (then ``await task.result()``)."""
+    return [line async for line in task.follow()]
+
+
+def read(*parts):
+    """The text of the file at ``os.path.join(*parts)``."""
+    with open(os.path.join(*parts)) as f:
+        return f.read()
+
+
 async def start_local_hub(directory, git_server, extra_config=""):
     """The root jupyterhub_config.py, with its state where sandbox uids can mount from."""
     state_dir = tempfile.mkdtemp(prefix="binder-local-state-")

@@ -26,7 +26,7 @@ from binder_spawner.jupytercache import (
     python_minor,
 )
 
-from .localhub import make_builder, reachable_build_root
+from .localhub import build_lines, make_builder, reachable_build_root, read
 from .utils import uid_base
 
 # A real, tiny, pure-Python package from PyPI (one wheel, no dependencies),
@@ -153,17 +153,8 @@ def build_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def read(*parts):
-    with open(os.path.join(*parts)) as f:
-        return f.read()
-
-
 def exists(*parts):
     return os.path.lexists(os.path.join(*parts))
-
-
-async def collect(task):
-    return [line async for line in task.follow()]
 
 
 def generations(cache_dir):
@@ -187,7 +178,7 @@ async def test_a_build_cannot_change_what_another_build_installs(module_git_serv
 
     attacker = git.create_repo("mallory/poison", {"postBuild": POISON_POSTBUILD})
     task = builder.build(attacker, git.sha("mallory/poison"))
-    lines = await collect(task)
+    lines = await build_lines(task)
     poisoned = await task.result()
     assert any("cache of the Jupyter packages" in line for line in lines), lines
     assert sorted(os.listdir(cache_dir)) == ["jupyter"]
@@ -213,7 +204,7 @@ async def test_a_build_cannot_change_what_another_build_installs(module_git_serv
 
     victim = git.create_repo("alice/victim", {"postBuild": CHECK_POSTBUILD})
     task = builder.build(victim, git.sha("alice/victim"))
-    lines = await collect(task)
+    lines = await build_lines(task)
     env = await task.result()
     assert not any("cache of the Jupyter packages" in line for line in lines), lines
     # six came from the hub's cache, not from PyPI
@@ -261,7 +252,7 @@ async def test_a_cache_left_writable_by_an_earlier_version_is_not_used(
     upgraded = make_builder(build_root, cache_dir=old, jupyter_packages=[SMALL_PACKAGE])
     victim = git.create_repo("alice/after-upgrade", {"postBuild": CHECK_POSTBUILD})
     task = upgraded.build(victim, git.sha("alice/after-upgrade"))
-    await collect(task)
+    await build_lines(task)
     env = await task.result()
     assert read(env.repo_dir, "six-check.txt").strip() == "False"
     (six,) = [p for p in find(env.venv, "six.py") if "site-packages" in p]
@@ -290,7 +281,7 @@ async def test_a_link_left_for_the_cache_removal_gets_root_nothing(
     url = git.create_repo(f"mallory/cache-link-{where[0]}", {"postBuild": "#!/bin/sh\n" + plant})
     builder = make_builder(build_root)
     task = builder.build(url, git.sha(f"mallory/cache-link-{where[0]}"))
-    await collect(task)
+    await build_lines(task)
     try:
         await task.result()
     except Exception as e:  # refusing the environment is fine too

@@ -15,8 +15,8 @@ from binder_spawner.localbuild import BuildError
 from binder_spawner.localplan import UnsupportedRepository
 
 from .condachannel import CHANNEL, PLACEHOLDER, ChannelServer, cached_channel, host_python
+from .localhub import build_lines, reachable_build_root, read
 from .localhub import make_builder as make_local_builder
-from .localhub import reachable_build_root
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,15 +48,6 @@ def make_builder(root, channel, **kwargs):
     )
 
 
-async def collect(task):
-    return [line async for line in task.follow()]
-
-
-def read(*parts):
-    with open(os.path.join(*parts)) as f:
-        return f.read()
-
-
 def exists(*parts):
     return os.path.exists(os.path.join(*parts))
 
@@ -78,7 +69,7 @@ async def test_conda_environment_built_sealed_and_activated(git, build_root, cha
     url = git.create_repo("org/conda-env", CONDA_REPO)
     builder = make_builder(build_root, channel)
     task = builder.build(url, git.sha("org/conda-env"))
-    lines = await collect(task)
+    lines = await build_lines(task)
     text = "\n".join(lines)
     env = await task.result()
     assert env.kind == "conda", text
@@ -104,7 +95,7 @@ async def test_conda_environment_built_sealed_and_activated(git, build_root, cha
     # in a cache of its own (no earlier build's solve, repodata or package is used)
     commit = git.commit("org/conda-env", {"notes.md": "more\n"})
     again = builder.build(url, commit)
-    lines = await collect(again)
+    lines = await build_lines(again)
     await again.result()
     assert any(line.startswith("Solving 1 specs") for line in lines), lines
     assert not exists(builder.envs_dir, again.key, ".cache")
@@ -133,7 +124,7 @@ async def test_conda_prefix_links_into_the_hubs_records_are_refused(git, build_r
     )
     before = records(meta)
     task = builder.build(url, git.sha("org/conda-links"))
-    await collect(task)
+    await build_lines(task)
     with pytest.raises(BuildError, match="The build left something unsafe"):
         await task.result()
     # nothing of the build is kept, root's records are as they were (but for no marker)
@@ -148,7 +139,7 @@ async def test_other_environment_is_solved_again(git, build_root, channel):
     )
     builder = make_builder(build_root, channel)
     task = builder.build(url, git.sha("org/conda-old"))
-    lines = await collect(task)
+    lines = await build_lines(task)
     env = await task.result()
     assert any(line.startswith("Solved 2 conda packages") for line in lines), lines
     assert not exists(env.venv, "share/bindertool")
@@ -158,7 +149,7 @@ async def test_unsatisfiable_environment_explained(git, build_root, channel):
     url = git.create_repo("org/conda-unsat", {"environment.yml": "dependencies: [needs-missing]\n"})
     builder = make_builder(build_root, channel)
     task = builder.build(url, git.sha("org/conda-unsat"))
-    await collect(task)
+    await build_lines(task)
     with pytest.raises(BuildError) as info:
         await task.result()
     assert info.value.message == (
@@ -177,7 +168,7 @@ async def test_channel_that_does_not_answer(git, build_root, channel):
     )
     builder = make_builder(build_root, channel)
     task = builder.build(url, git.sha("org/conda-nochannel"))
-    await collect(task)
+    await build_lines(task)
     with pytest.raises(BuildError) as info:
         await task.result()
     assert "could not be fetched from no-such-channel" in info.value.message
@@ -188,7 +179,7 @@ async def test_bad_yaml_refused_with_its_line(git, build_root, channel):
     url = git.create_repo("org/conda-bad", {"environment.yml": "dependencies:\n  - [numpy\n"})
     builder = make_builder(build_root, channel)
     task = builder.build(url, git.sha("org/conda-bad"))
-    await collect(task)
+    await build_lines(task)
     with pytest.raises(UnsupportedRepository, match="environment.yml is not valid YAML"):
         await task.result()
 
@@ -201,7 +192,7 @@ async def test_apt_txt_refused_under_the_refuse_policy(git, build_root, channel)
     )
     builder = make_builder(build_root, channel, apt_policy="refuse")
     task = builder.build(url, git.sha("org/conda-apt"))
-    await collect(task)
+    await build_lines(task)
     with pytest.raises(UnsupportedRepository) as info:
         await task.result()
     assert "system packages from apt.txt (curl, vim)" in info.value.message

@@ -5,7 +5,6 @@ import glob
 import os
 import shutil
 import stat
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,7 @@ from binder_spawner.localplan import (
     select_evictions,
 )
 
-from .localhub import make_builder, reachable_build_root
+from .localhub import build_lines, make_builder, reachable_build_root, read
 
 # A real, tiny, pure-Python package from PyPI (one wheel, no dependencies).
 SMALL_PACKAGE = "six==1.17.0"
@@ -173,16 +172,8 @@ def git(module_git_server):
     return module_git_server
 
 
-def read(*parts):
-    return Path(*parts).read_text()
-
-
 def exists(*parts):
     return bool(glob.glob(os.path.join(*parts)))
-
-
-async def collect(task):
-    return [line async for line in task.follow()]
 
 
 async def test_build_reuse_and_concurrent_launches(git, build_root):
@@ -202,7 +193,7 @@ async def test_build_reuse_and_concurrent_launches(git, build_root):
     first = builder.build(url, commit)
     second = builder.build(url, commit)
     assert second is first  # concurrent launches follow one build
-    lines, lines2 = await asyncio.gather(collect(first), collect(second))
+    lines, lines2 = await asyncio.gather(build_lines(first), build_lines(second))
     assert lines == lines2
     env = await first.result()
     assert sum("Cloning" in line for line in lines) == 1
@@ -217,13 +208,13 @@ async def test_build_reuse_and_concurrent_launches(git, build_root):
 
     # a later launch of the same commit reuses the environment: no clone, no install
     again = builder.build(url, commit)
-    assert await collect(again) == []
+    assert await build_lines(again) == []
     assert (await again.result()).path == env.path
 
     # so does a new builder (a restarted hub) on the same directory
     restarted = make_builder(build_root)
     assert restarted.load(env.key).path == env.path
-    assert await collect(restarted.build(url, commit)) == []
+    assert await build_lines(restarted.build(url, commit)) == []
 
 
 async def test_broken_requirements_fail_with_the_installer_error(git, build_root):
@@ -232,7 +223,7 @@ async def test_broken_requirements_fail_with_the_installer_error(git, build_root
     )
     builder = make_builder(build_root)
     task = builder.build(url, git.sha("org/broken"))
-    await collect(task)
+    await build_lines(task)
     with pytest.raises(BuildError) as info:
         await task.result()
     tail = "\n".join(info.value.tail)
@@ -247,7 +238,7 @@ async def test_dockerfile_gets_the_kubernetes_message(git, build_root):
     url = git.create_repo("org/docker", {"Dockerfile": "FROM scratch\n"})
     builder = make_builder(build_root)
     task = builder.build(url, git.sha("org/docker"))
-    await collect(task)
+    await build_lines(task)
     with pytest.raises(UnsupportedRepository, match="Kubernetes mode"):
         await task.result()
 
@@ -265,14 +256,14 @@ async def test_pyproject_package_installed_and_budget_evicts_least_recently_used
     os.makedirs(root, mode=0o711)
     builder = make_builder(root)
     one = builder.build(url, first_commit)
-    await collect(one)
+    await build_lines(one)
     env_one = await one.result()
     assert exists(env_one.venv, "lib", "python*", "site-packages", "binderdemo", "__init__.py")
 
     # a budget below two environments: building the second evicts the first
     builder.disk_budget = env_one.size + env_one.size // 2
     two = builder.build(url, second_commit)
-    await collect(two)
+    await build_lines(two)
     env_two = await two.result()
     assert builder.load(env_two.key) is not None
     assert builder.load(env_one.key) is None
@@ -300,13 +291,13 @@ async def test_clone_goes_to_the_pinned_address_only(git, build_root):
     commit = git.sha("org/pinned")
     builder = make_builder(build_root)
     unpinned = builder.build(url, commit)
-    await collect(unpinned)
+    await build_lines(unpinned)
     with pytest.raises(BuildError):
         await unpinned.result()
     pins = [f"binder-pin-test.invalid:{port}:127.0.0.1"]
     config = gitref.safe_config(allowed_schemes=("http",), pins=pins)
     pinned = builder.build(url, commit, config)
-    lines = await collect(pinned)
+    lines = await build_lines(pinned)
     env = await pinned.result()
     assert any("Cloning" in line for line in lines)
     assert exists(env.repo_dir, "requirements.txt")
@@ -317,13 +308,13 @@ async def test_unknown_commit_is_refused_after_one_fetch(git, build_root):
     builder = make_builder(build_root)
     missing = "0123456789abcdef" * 2 + "01234567"
     first = builder.build(url, missing)
-    lines = await collect(first)
+    lines = await build_lines(first)
     with pytest.raises(BuildError, match="does not exist"):
         await first.result()
     assert any("Cloning" in line for line in lines)
     # the next launch of that commit is answered at once: no clone, no fetch
     second = builder.build(url, missing)
-    assert await collect(second) == []
+    assert await build_lines(second) == []
     with pytest.raises(BuildError, match="does not exist"):
         await second.result()
 
@@ -356,7 +347,7 @@ async def test_builds_wait_for_a_slot_and_show_the_step_limit(git, build_root):
     first = builder.build(slow, git.sha("org/slot-a"))
     await asyncio.sleep(0)
     second = builder.build(other, git.sha("org/slot-b"))
-    lines_first, lines_second = await asyncio.gather(collect(first), collect(second))
+    lines_first, lines_second = await asyncio.gather(build_lines(first), build_lines(second))
     await first.result()
     await second.result()
     assert any("each step may take up to 10 minutes" in line for line in lines_first)
@@ -373,7 +364,7 @@ async def test_sealed_environment_is_roots_and_read_only(git, build_root):
     )
     builder = make_builder(build_root)
     task = builder.build(url, git.sha("org/sealed"))
-    await collect(task)
+    await build_lines(task)
     env = await task.result()
     for root, dirs, files in os.walk(env.path):
         for name in dirs + files:
