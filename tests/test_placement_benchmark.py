@@ -149,3 +149,84 @@ def test_one_cache_references():
     assert demand["one_lru_cache_gb"] == 8.0
     assert demand["one_demand_cache_gb"] == 6.0
     assert demand["one_offline_cache_gb"] == 6.0
+
+
+def test_routing_references():
+    sys.path.insert(0, str(BENCHMARK.parent))
+    from placement_routing import GB, RULES, Launch, Model, fit_return_probability, route
+
+    def launches(names):
+        return [
+            Launch(t=60.0 * i, repo=n, image=n, size=2 * GB, duration=1)
+            for i, n in enumerate(names)
+        ]
+
+    # Two nodes of 4 GB, two 2 GB images each: a and b fill node 0, c and d
+    # node 1. e evicts a (the oldest) under LRU, so a is pulled again; knowing
+    # the future, e evicts c, which never comes back, and a is a hit.
+    model = Model(nodes=2, cache_gb=4.0)
+    trace = launches("abcdea")
+    pulled = {rule: route(trace, model, rule) / GB for rule in RULES}
+    assert pulled["lru"] == 12.0
+    assert pulled["next-launch"] == 10.0
+    assert pulled["within-day"] == 10.0
+    assert pulled["demand"] == 12.0  # one launch each: no better than LRU
+    assert all(10.0 <= gb <= 12.0 for gb in pulled.values())
+    # An image cached anywhere is a hit: pulls never exceed one per launch,
+    # and every distinct image is pulled at least once.
+    assert route(launches("abab"), model, "lru") / GB == 4.0
+
+    # a launched twice an hour apart, then never again; z much later, so that
+    # the trace runs on for more than a day after a's launches.
+    fitted = fit_return_probability(
+        [Launch(t=t, repo="a", image="a", size=GB, duration=1) for t in (0.0, 3600.0)]
+        + [Launch(t=200_000.0, repo="z", image="z", size=GB, duration=1)]
+    )
+    assert fitted[0, 0] == 1.0  # after one launch: back within a day
+    assert fitted[0, 1] == 1.0  # ... also once idle for 30 min
+    assert (0, 2) not in fitted  # never idle for an hour after one launch
+    # after two launches: not back, at every idle time the trace can tell
+    # (up to 24 h: it ends 55 h after a, less than 36 h + one day)
+    assert {key: p for key, p in fitted.items() if key[0] == 1} == {(1, i): 0.0 for i in range(8)}
+    assert len(fitted) == 10  # nothing for z: the trace ends with it
+
+
+def test_routing_benchmark_reports_every_rule(tmp_path):
+    specs = [f"org/repo{i}/main" for i in range(30)]
+    launches = [(1_500_000_000 + 60 * i, specs[(i * i) % 30]) for i in range(300)]
+    trace = write_trace(tmp_path / "trace.jsonl.gz", launches)
+    script = BENCHMARK.parent / "placement_routing.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--trace",
+            str(trace),
+            "--json",
+            *("--set", "nodes=3", "--set", "cache_gb=5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(result.stdout)
+    assert (report["model"]["nodes"], report["model"]["cache_gb"]) == (3, 5.0)
+    (week,) = report["weeks"]
+    assert week["launches"] == 300
+    rows = week["rules"]
+    assert set(rows) == {
+        "lru",
+        "demand",
+        "fitted",
+        "next-launch",
+        "within-day",
+        "within-day-5%-wrong",
+        "within-day-10%-wrong",
+    }
+    assert rows["lru"]["vs_lru"] == 0.0
+    for row in rows.values():
+        assert row["gb_pulled"] >= week["lower_bound_gb"]
+        assert row["gb_above_lower_bound"] == round(row["gb_pulled"] - week["lower_bound_gb"], 1)
+    # knowing the next launch never does worse than LRU here, where caches are tight
+    assert rows["next-launch"]["gb_pulled"] < rows["lru"]["gb_pulled"]
