@@ -99,14 +99,18 @@ def _wrong(image: str, last_used: float, rate: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
-def route(launches: list[Launch], model: Model, rule: str) -> int:
-    """Bytes pulled when every pull goes to the node whose eviction ``rule`` finds cheapest."""
+def route(launches: list[Launch], model: Model, rule: str, fit_horizon: float = DAY) -> int:
+    """Bytes pulled when every pull goes to the node whose eviction ``rule`` finds cheapest.
+
+    ``fit_horizon``: the ``fitted`` rule's probabilities are of a relaunch
+    within this many seconds.
+    """
     following = [math.inf] * len(launches)
     later: dict[str, float] = {}
     for i in range(len(launches) - 1, -1, -1):
         following[i] = later.get(launches[i].image, math.inf)
         later[launches[i].image] = launches[i].t
-    table = fit_return_probability(launches) if rule == "fitted" else {}
+    table = fit_return_probability(launches, fit_horizon) if rule == "fitted" else {}
     wrong = WRONG.get(rule, 0.0)
     capacity = model.cache_gb * GB
     caches = [OrderedDict() for _ in range(model.nodes)]  # image -> (size, last used), LRU first
@@ -167,9 +171,9 @@ def route(launches: list[Launch], model: Model, rule: str) -> int:
     return pulled
 
 
-def _route_timed(launches, model, rule):
+def _route_timed(launches, model, rule, fit_horizon):
     started = time.perf_counter()
-    gb = round(route(launches, model, rule) / GB, 1)
+    gb = round(route(launches, model, rule, fit_horizon) / GB, 1)
     return gb, round(time.perf_counter() - started, 1)
 
 
@@ -179,6 +183,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--rule", action="append", choices=RULES, help="only these (repeatable)")
     parser.add_argument("--jobs", type=int, default=1, help="replays at once, in processes")
+    parser.add_argument(
+        "--fit-horizon-hours",
+        type=float,
+        default=24.0,
+        help="fitted: the probability of a relaunch within this many hours (default 24)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -195,14 +205,15 @@ def main(argv=None) -> int:
         overrides[key] = type(getattr(Model, key))(value)
     model = Model(**overrides)
     rules = args.rule or RULES
+    horizon = args.fit_horizon_hours * 3600
     traces = [(Path(path).name, load_trace(path, model)) for path in args.trace]
     pairs = [(i, rule) for i in range(len(traces)) for rule in rules]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(_route_timed, traces[i][1], model, r) for i, r in pairs]
+            futures = [pool.submit(_route_timed, traces[i][1], model, r, horizon) for i, r in pairs]
             rows = [f.result() for f in futures]
     else:
-        rows = [_route_timed(traces[i][1], model, r) for i, r in pairs]
+        rows = [_route_timed(traces[i][1], model, r, horizon) for i, r in pairs]
     weeks = []
     for i, (name, launches) in enumerate(traces):
         bounds = lower_bound(launches, model)
@@ -223,7 +234,8 @@ def main(argv=None) -> int:
                 row["vs_lru"] = round(row["gb_pulled"] / base - 1, 4)
         weeks.append(week)
     if args.json:
-        print(json.dumps({"weeks": weeks, "model": model.describe()}, indent=1))
+        out = {"weeks": weeks, "model": model.describe(), "fit_horizon_hours": horizon / 3600}
+        print(json.dumps(out, indent=1))
         return 0
     for week in weeks:
         print(
