@@ -58,6 +58,11 @@ def now():
 STATIC = Path(__file__).parent / "static"
 
 
+def _starting_or_running(server):
+    """True if a hub server model (or None) is starting or running, not stopping or stopped."""
+    return bool(server) and not server.get("stopped") and server.get("pending") != "stop"
+
+
 class BinderService(Application):
     """Culling, per-repository limits, placement and launch links for jupyterhub-binder."""
 
@@ -477,12 +482,14 @@ class BinderService(Application):
         shown = None
         if verify:
             model = await self.hub.user(user)
-            servers = (model or {}).get("servers") or {}
-            if server not in servers or servers[server].get("stopped"):
+            found = ((model or {}).get("servers") or {}).get(server)
+            if not _starting_or_running(found):
+                # a stopping server's slot is given back by its spawner, with this
+                # same token: taken again, it would outlive the server by the ttl
                 raise web.HTTPError(
                     409, "Reservations are only for servers that are starting or running."
                 )
-            options = servers[server].get("user_options")
+            options = found.get("user_options")
             spec = self.spec_of(options)
             if spec is not None:
                 # a refusal names the repository as the visitor wrote it, not its key
@@ -497,7 +504,9 @@ class BinderService(Application):
                 )
                 repo = spec.repo_key
         try:
-            slot, created = self.store.reserve(user, server, repo, self.clock())
+            # verified: the hub showed the server, so the slot goes when the server goes
+            # (at the next reconciliation), not only when the reservation expires
+            slot, created = self.store.reserve(user, server, repo, self.clock(), seen=verify)
         except LimitExceeded as e:
             self.metrics.reservations.labels(result="refused").inc()
             self.metrics.rejections.labels(limit=e.decision.kind).inc()
@@ -520,8 +529,7 @@ class BinderService(Application):
     async def server_running(self, user, server):
         """True while the hub shows ``user``'s ``server`` starting or running (not stopping)."""
         model = await self.hub.user(user)
-        found = ((model or {}).get("servers") or {}).get(server)
-        return bool(found) and not found.get("stopped") and found.get("pending") != "stop"
+        return _starting_or_running(((model or {}).get("servers") or {}).get(server))
 
     def release(self, reservation_id):
         slot = self.store.release(reservation_id)

@@ -223,17 +223,21 @@ class ReservationStore:
             self._remove(slot)
         return expired
 
-    def reserve(self, user, server, repo, now):
+    def reserve(self, user, server, repo, now, seen=False):
         """Admit a slot for (user, server) and ``repo``, or raise :class:`LimitExceeded`.
 
         Returns ``(slot, created)``; reserving an admitted (user, server) and
         repo again returns the existing slot with its expiry renewed.
+        ``seen``: the caller saw the server on the hub, so the slot is dropped
+        by the first reconciliation that no longer lists it, instead of
+        lasting ``ttl`` seconds.
         """
         self.expire(now)
         existing = self._slots.get((user, server))
         if existing is not None and existing.admitted and existing.repo == repo:
             existing.updated = now
             existing.expires_at = now + timedelta(seconds=self.ttl)
+            existing.seen = existing.seen or seen
             return existing, False
         decision = self._decide(repo, exclude=existing)
         if not decision.admitted:
@@ -246,9 +250,10 @@ class ReservationStore:
             updated=now,
             expires_at=now + timedelta(seconds=self.ttl),
             admitted=True,
+            seen=seen,
         )
         if existing is not None:
-            slot.observed, slot.seen = existing.observed, existing.seen
+            slot.observed, slot.seen = existing.observed, existing.seen or seen
             self._remove(existing)
         self._add(slot)
         return slot, True

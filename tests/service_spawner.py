@@ -2,7 +2,8 @@
 
 Fast and dependency-free, yet a real process on a loopback port that the hub
 waits for, routes to and stops. ``start_delay`` keeps a server pending for a
-while, as a build would.
+while, as a build would; ``stop_delay`` keeps it stopping, as a pod's
+graceful deletion would.
 """
 
 import asyncio
@@ -30,6 +31,13 @@ class HTTPServerSpawner(SimpleLocalProcessSpawner):
         if delay:
             await asyncio.sleep(float(delay))
         return await super().start()
+
+    async def stop(self, now=False):
+        # user_options may ask for a slow stop, to keep one server stopping
+        delay = (self.user_options or {}).get("stop_delay", 0)
+        if delay:
+            await asyncio.sleep(float(delay))
+        return await super().stop(now=now)
 
 
 class SharedServerSpawner(Spawner):

@@ -436,6 +436,44 @@ async def test_reservations_belong_to_their_user(env):
     assert "gh/binder-examples/owned" not in (await env.usage())["repos"]
 
 
+async def test_a_stopping_server_cannot_take_its_slot_again(env):
+    """A visitor's token must not take back the slot its spawner gave up at the stop.
+
+    The spawner releases with the user's own token once the hub shows the
+    server stopping (BinderSpawner.stop()). A reservation the same token made
+    while the server was still stopping was counted as never seen on the hub,
+    so it outlived the server by ``reservation_ttl``: a visitor could fill any
+    repository's limit, or the hub's, for minutes after each launch, with
+    nothing running.
+    """
+    token = await env.user("phantom")
+    repo_key = "gh/binder-examples/phantom"
+    await env.start_server(
+        "phantom", server="s1", repo="https://github.com/binder-examples/phantom", stop_delay=3
+    )
+    await env.ready("phantom", "s1")
+    body = {"user": "phantom", "server": "s1", "repo": repo_key}
+    status, reservation, _ = await env.service(
+        "POST", "api/reservations", token=token, json_body=body
+    )
+    assert status in (200, 201), reservation
+    status, _ = await env.hub.api("DELETE", "/users/phantom/servers/s1")
+    assert status == 202
+    # the hub shows it stopping: its spawner gives the slot back
+    status, released, _ = await env.service(
+        "DELETE", f"api/reservations/{reservation['id']}", token=token
+    )
+    assert status == 204, released
+    status, refused, _ = await env.service("POST", "api/reservations", token=token, json_body=body)
+    assert status == 409, refused
+
+    async def stopped():
+        return "s1" not in (await env.servers("phantom") or {})
+
+    await poll(stopped, timeout=30, message="phantom's server to stop")
+    await poll(lambda: _repo_gone(env, repo_key), message="nothing counted for the stopped server")
+
+
 async def test_launch_events(env):
     await env.user("evt1")
     await env.start_server("evt1", repo="https://github.com/binder-examples/events")

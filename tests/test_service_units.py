@@ -120,6 +120,18 @@ def test_observed_reservations_do_not_expire_and_stopped_servers_are_dropped():
     assert store.usage()["total"] == 0
 
 
+def test_reservation_of_a_server_seen_on_the_hub_goes_with_the_server():
+    """A visitor's reservation is verified against the hub (``seen``): when its server
+    is gone before a listing ever showed it, the next reconciliation drops it.
+    Unseen, it would hold the repository's slot for the whole ttl with nothing running."""
+    store = ReservationStore(LimitRules(per_repo=1), ttl=900)
+    store.reserve("visitor", "s1", "gh/a/b", at(0), seen=True)
+    store.reserve("admin-made", "", "gh/c/d", at(0))
+    store.reconcile({}, at(1), at(2))
+    assert store.usage()["repos"] == {"gh/c/d": 1}
+    store.reserve("other", "", "gh/a/b", at(3))
+
+
 def test_reservation_younger_than_the_listing_is_kept():
     store = ReservationStore(LimitRules(per_repo=5), ttl=60)
     store.reserve("u1", "", "gh/a/b", at(10))
