@@ -99,6 +99,10 @@ os.chmod(state_dir, 0o711)
 c.JupyterHub.authenticator_class = "binder-anonymous"
 # a second launch link in the same browser starts a second server (docs/authenticator.md)
 c.JupyterHub.allow_named_servers = True
+# named servers a user may have on record, stopped or not (as the chart values'
+# hub.namedServerLimitPerUser): without a limit, each refused launch through the
+# REST API under a new name adds a server to the hub's database
+c.JupyterHub.named_server_limit_per_user = 3
 
 # -- the spawner ------------------------------------------------------------------
 

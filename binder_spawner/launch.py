@@ -675,17 +675,37 @@ class BinderLaunchMixin(LoggingConfigurable):
             await self.release_slot()
 
     def run_post_stop_hook(self):
-        """Run the admin's ``post_stop_hook``, then release a slot still held (a failed launch).
+        """Forget malformed options, run the admin's ``post_stop_hook``, then release a
+        slot still held (a failed launch).
 
         ``User.stop`` (jupyterhub 5.5 and 6.1) calls this after every stop,
         before ``clear_state()``, while the hub shows the server stopping,
         and awaits what it returns. With nothing to release it returns as
         the parent does, leaving the hub's stop sequence untouched.
         """
+        self._forget_malformed_options()
         result = super().run_post_stop_hook()
         if not (self.launch_state or {}).get("reservation"):
             return result
         return self._release_after_stop(result)
+
+    def _forget_malformed_options(self):
+        """Keep nothing of ``user_options`` that no launch accepts (their shape).
+
+        The hub stores a launch's ``user_options`` before the authenticator's
+        and the spawner's checks, and keeps those of a stopped server
+        (jupyterhub 5.5 and 6.1 ``User.spawn``); it commits what is left here
+        after this hook (``User.stop``, also after a failed start). Options of
+        any size or with any key, which the REST API takes from every user,
+        would otherwise stay in the hub's database after each refused launch.
+        """
+        try:
+            check_user_options(self.user_options or {})
+        except ValueError:
+            self.log.info("Forgetting the refused launch options of %s", self._log_name)
+            self.user_options = {}
+            if self.orm_spawner is not None:
+                self.orm_spawner.user_options = {}
 
     async def _release_after_stop(self, hook_result):
         try:

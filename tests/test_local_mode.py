@@ -22,7 +22,7 @@ import pytest_asyncio
 from binder_spawner.localbuild import instance_id
 
 from .localhub import local_hub_session
-from .utils import fresh_browser_page
+from .utils import fresh_browser_page, poll
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -149,6 +149,44 @@ async def test_dockerfile_repo_gets_the_kubernetes_message(local):
     events = await local.launch("dave", {"repo": url})
     assert events[-1].get("failed"), messages(events)
     assert "Kubernetes mode" in events[-1]["message"]
+
+
+async def test_refused_launches_through_the_api_keep_nothing(local):
+    """Every user may POST ``user_options`` of any size and shape for its own servers
+    through the REST API, and the hub stores them before any check. Refused, they
+    must not stay in the hub's database (before: 3 MB per launch here, a request
+    can carry 100 MB), and refused launches under ever new names must not add
+    servers to it without bound."""
+    user = "mallet"
+    status, _ = await local.hub.api("POST", f"/users/{user}")
+    assert status == 201
+    status, token = await local.hub.api("POST", f"/users/{user}/tokens", json={"expires_in": 600})
+    assert status in (200, 201), token
+    huge = {"repo": local.git.url + "/org/none", "ref": "x" * 3_000_000}
+    for name in ("a", "b", "c"):
+        status, body = await local.hub.api(
+            "POST", f"/users/{user}/servers/{name}", json=huge, token=token["token"]
+        )
+        assert status in (201, 202, 400), body
+
+    async def stored_options():
+        _, model = await local.hub.api("GET", f"/users/{user}?include_stopped_servers=1")
+        servers = model["servers"]
+        if any(not servers.get(name, {}).get("stopped") for name in ("a", "b", "c")):
+            return None  # still failing
+        return {name: servers[name].get("user_options") for name in ("a", "b", "c")}
+
+    assert await poll(
+        stored_options, timeout=60, interval=0.2, message="the refused launches to end"
+    ) == {
+        "a": {},
+        "b": {},
+        "c": {},
+    }
+    status, body = await local.hub.api(
+        "POST", f"/users/{user}/servers/d", json={"repo": huge["repo"]}, token=token["token"]
+    )
+    assert status == 400 and "maximum" in body["message"], body
 
 
 BROWSER_NOTEBOOK = {
