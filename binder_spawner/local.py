@@ -210,6 +210,13 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
             *cmd,
         ]
 
+    def get_args(self):
+        # The sandboxes share the host's network, so a kernel's default TCP ports on
+        # loopback are open to every other server: any of them could subscribe to a
+        # kernel's iopub port and read everything it prints. Over "ipc" the kernel's
+        # sockets are unix sockets in its runtime directory, in the server's own home.
+        return [*super().get_args(), "--KernelManager.transport=ipc"]
+
     def builder_home_max_file(self):
         return 0
 

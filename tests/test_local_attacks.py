@@ -264,6 +264,75 @@ async def test_links_in_the_repository_to_the_hub_state_show_nothing(local, link
     assert_no_proof()
 
 
+# -- what one server reaches of another's ----------------------------------------------
+
+# alice's kernel prints a secret until the test leaves a file in her home
+KERNEL_TALKING = """
+import os, time
+deadline = time.monotonic() + 120
+while not os.path.exists("stop-talking") and time.monotonic() < deadline:
+    print("alice's kernel says {secret}", flush=True)
+    time.sleep(0.05)
+"""
+
+# mallory subscribes to every TCP port another uid listens on (the network is the host's)
+SUBSCRIBE_TO_EVERY_PORT = r"""
+import os, time, zmq
+ports = set()
+for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(path).read().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[7]) != os.getuid():
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+context = zmq.Context()
+poller = zmq.Poller()
+for port in ports:
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect("tcp://127.0.0.1:%d" % port)
+    poller.register(sub, zmq.POLLIN)
+heard = []
+deadline = time.monotonic() + 3
+while not heard and time.monotonic() < deadline:
+    for sub, _ in poller.poll(100):
+        heard += [frame for frame in sub.recv_multipart() if SECRET in frame]
+print("PORTS", len(ports), "HEARD", heard[:1])
+"""
+
+
+async def test_a_server_cannot_listen_to_another_servers_kernel(local, linked_repo):
+    # Over TCP (Jupyter's default), a kernel's iopub port on loopback is open to every
+    # sandbox, and a SUB socket needs no key to read what it publishes.
+    secret = secrets.token_hex(8)
+    for user in ("alice", "mallory"):
+        events = await local.launch(user, {"repo": linked_repo})
+        assert events[-1].get("ready"), messages(events)
+    talking = asyncio.ensure_future(local.run_code("alice", KERNEL_TALKING.format(secret=secret)))
+    try:
+
+        async def alice_busy():
+            kernels = await local.server_api("alice", "kernels")
+            return any(k["execution_state"] == "busy" for k in kernels)
+
+        await poll(alice_busy, timeout=60, message="alice's kernel to run")
+        out = await local.run_code(
+            "mallory", f"SECRET = {secret.encode()!r}\n" + SUBSCRIBE_TO_EVERY_PORT
+        )
+        # alice's server, the hub, the proxy...: mallory tried them all, and heard nothing
+        assert re.search(r"PORTS [1-9]\d* HEARD \[\]", out), out
+    finally:
+        url = f"{local.hub.url}/user/alice/api/contents/stop-talking"
+        headers = {"Authorization": f"token {local.hub.token}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            body = {"type": "file", "format": "text", "content": ""}
+            async with session.put(url, json=body) as resp:
+                assert resp.status in (200, 201), await resp.text()
+        assert secret in await talking
+    for user in ("alice", "mallory"):
+        await local.stop(user)
+
+
 # -- the memory limit of a whole server ----------------------------------------------------
 
 HOGS = {
