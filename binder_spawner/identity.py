@@ -9,6 +9,7 @@ import ipaddress
 import re
 import secrets
 import string
+import sys
 import time
 from collections import OrderedDict, deque
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -168,6 +169,62 @@ def client_address(peer, forwarded_for, trusted_networks, hops=DEFAULT_TRUSTED_H
             break
         current = candidate
     return str(current)
+
+
+def _proc_net_address(text):
+    """``(address, port)`` of a ``/proc/net/tcp`` or ``tcp6`` address field (``0100007F:1F91``).
+
+    The kernel prints each 32-bit word of the address in host byte order.
+    """
+    hex_address, _, hex_port = text.partition(":")
+    raw = bytes.fromhex(hex_address)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address, int(hex_port, 16)
+
+
+def socket_owner(proc_net_tables, local, remote):
+    """The uid of this machine's TCP socket from ``local`` to ``remote``, or None.
+
+    ``proc_net_tables`` are the texts of ``/proc/net/tcp`` and ``/proc/net/tcp6``;
+    ``local`` and ``remote`` are ``(address, port)``. For a connection to the
+    hub, ``local`` is the peer the hub sees and ``remote`` the hub's own
+    address: the answer is the uid of the process that connected, None when it
+    is on another machine (or its socket is already gone).
+    """
+    wanted = (_parse_ip(local[0]), int(local[1])), (_parse_ip(remote[0]), int(remote[1]))
+    for table in proc_net_tables:
+        for line in table.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            try:
+                found = _proc_net_address(fields[1]), _proc_net_address(fields[2])
+                uid = int(fields[7])
+            except ValueError:
+                continue
+            if found == wanted:
+                return uid
+    return None
+
+
+def believes_forwarded_for(owner, own_uid, peer_runs_a_server):
+    """Whether a peer in a trusted network may say who the client is (``X-Forwarded-For``).
+
+    Code in a session can connect to the hub directly, from a trusted network:
+    in local mode every sandbox shares the hub's loopback, on Kubernetes user
+    pods reach the hub from the pod network. Its header must not choose the
+    client address. ``owner`` is the uid of the peer's socket when the peer is
+    on the hub's machine (:func:`socket_owner`): only the hub's own user (the
+    proxy the hub started) is believed. A peer on another machine is believed
+    unless it is the address of one of the hub's servers (``peer_runs_a_server``).
+    """
+    if owner is not None:
+        return owner == own_uid
+    return not peer_runs_a_server
 
 
 def address_bucket(address, ipv6_prefix=64):

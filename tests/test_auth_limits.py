@@ -6,14 +6,17 @@ second launch link on a hub without named servers; the "Sign in" button when
 ``auto_login`` is off.
 """
 
+import asyncio
 import html
+import json
 import re
+import sys
 from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
 
 from .authhub import fresh_browser, hub_config, whoami
-from .utils import poll
+from .utils import poll, uid_base
 
 
 async def visit(hub, browser):
@@ -123,6 +126,54 @@ c.AnonymousAuthenticator.new_users_window = 3600
     # counted under the address the proxy saw, not one shared by everybody
     assert (await visit(hub, client("127.0.0.3", "198.51.100.1")))[0] == 200
     assert hub.log().count("for 127.0.0.2\n") == 2
+
+    # Code in a session reaches the hub's own port, past the proxy, from the
+    # loopback the hub trusts (a local-mode sandbox, as another uid): its
+    # header named a new client each time, and it made anonymous users without
+    # limit. It is counted under its own address.
+    statuses = await direct_logins(hub, uid_base() + 4321, "127.0.0.4", 4)
+    assert statuses == [302, 302, 429, 429]
+    assert hub.log().count("for 127.0.0.4\n") == 2
+    assert "Not believing X-Forwarded-For from 127.0.0.4" in hub.log()
+
+
+DIRECT_LOGINS = """
+import http.client, json, sys
+port, source, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+statuses = []
+for i in range(count):
+    connection = http.client.HTTPConnection("127.0.0.1", port, source_address=(source, 0))
+    connection.request(
+        "GET",
+        "/hub/anonymous-login?next=%2Fhub%2Fhome",
+        headers={"X-Forwarded-For": "198.51.100.%d" % (100 + i)},
+    )
+    statuses.append(connection.getresponse().status)
+    connection.close()
+print(json.dumps(statuses))
+"""
+
+
+async def direct_logins(hub, uid, source, count):
+    """New-session requests straight to the hub's port, each naming a new client,
+    from a process running as ``uid`` bound to ``source``: their statuses."""
+    process = await asyncio.create_subprocess_exec(
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        sys.executable,
+        "-I",
+        "-c",
+        DIRECT_LOGINS,
+        str(hub.hub_port),
+        source,
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0, out
+    return json.loads(out)
 
 
 async def sign_in(hub, browser):

@@ -1,6 +1,7 @@
 """AnonymousAuthenticator settings: defaults, validation, entry point (no hub needed)."""
 
 import pytest
+from jupyterhub import orm
 from jupyterhub.auth import Authenticator
 from traitlets import TraitError
 from traitlets.config import Config
@@ -63,3 +64,19 @@ def test_admins_never_log_in_through_it():
     auth = AnonymousAuthenticator(admin_users={"root-admin"})
     assert auth.check_blocked_users("root-admin") is False
     assert auth.check_blocked_users("numpy-abc") is True
+
+
+def test_the_address_of_a_server_is_not_a_proxy():
+    """A user pod's address (its server's, in the hub database) is no proxy's: what it
+    says in X-Forwarded-For is not believed (AnonymousAuthenticator.peer_may_forward)."""
+    db = orm.new_session_factory("sqlite:///:memory:")()
+    user = orm.User(name="visitor")
+    db.add(user)
+    spawner = orm.Spawner(user=user, name="")
+    spawner.server = orm.Server(ip="10.1.2.3", port=8888)
+    db.add(spawner)
+    stopped = orm.Spawner(user=user, name="done")
+    db.add(stopped)
+    db.commit()
+    assert AnonymousAuthenticator._runs_a_server(db, "10.1.2.3")
+    assert not AnonymousAuthenticator._runs_a_server(db, "10.1.2.4")

@@ -1,6 +1,8 @@
 """Pure rules of the anonymous authenticator: names, client addresses, rate limits, next URLs."""
 
+import os
 import re
+import socket
 
 import pytest
 
@@ -9,10 +11,12 @@ from binder_spawner.identity import (
     SlidingWindowLimiter,
     address_bucket,
     anonymous_name,
+    believes_forwarded_for,
     client_address,
     launch_repo,
     repo_slug,
     safe_next_url,
+    socket_owner,
 )
 from binder_spawner.netcheck import parse_networks
 
@@ -111,6 +115,30 @@ def test_client_address(peer, xff, trusted, hops, expected):
 def test_default_trusts_one_proxy_on_loopback():
     assert client_address("127.0.0.1", ["6.6.6.6, 192.168.1.20"], TRUSTED) == "192.168.1.20"
     assert client_address("192.168.1.20", ["6.6.6.6"], TRUSTED) == "192.168.1.20"
+
+
+def test_socket_owner_names_the_uid_of_a_connection_on_this_machine():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        hub = server.getsockname()
+        with socket.create_connection(hub, source_address=("127.0.0.6", 0)) as client:
+            peer = client.getsockname()
+            tables = [open(path).read() for path in ("/proc/net/tcp", "/proc/net/tcp6")]
+    assert socket_owner(tables, peer, hub) == os.geteuid()
+    # a peer on another machine has no socket here
+    assert socket_owner(tables, ("192.0.2.9", peer[1]), hub) is None
+
+
+@pytest.mark.parametrize(
+    "owner, runs_a_server, believed",
+    [
+        pytest.param(0, False, True, id="the-hubs-proxy-on-its-machine"),
+        pytest.param(2000042, False, False, id="a-sandbox-on-the-hubs-machine"),
+        pytest.param(None, False, True, id="a-proxy-elsewhere"),
+        pytest.param(None, True, False, id="a-user-pod"),
+    ],
+)
+def test_only_proxies_may_name_the_client(owner, runs_a_server, believed):
+    assert believes_forwarded_for(owner, 0, runs_a_server) is believed
 
 
 def test_address_bucket_groups_ipv6_networks():

@@ -9,7 +9,9 @@ a group and limited in servers, and logout discards the identity. See
 docs/authenticator.md for the threat model.
 """
 
+import asyncio
 import ipaddress
+import os
 import time
 
 from jupyterhub import orm
@@ -25,9 +27,11 @@ from ..identity import (
     SlidingWindowLimiter,
     address_bucket,
     anonymous_name,
+    believes_forwarded_for,
     client_address,
     launch_repo,
     safe_log,
+    socket_owner,
 )
 from ..netcheck import parse_networks
 from .handlers import (
@@ -37,6 +41,19 @@ from .handlers import (
     LaunchRouterHandler,
     ProxyErrorPageHandler,
 )
+
+
+def _local_socket_owner(local, remote):
+    """uid of this machine's TCP socket from ``local`` to ``remote`` (``(address, port)``), or None."""
+    tables = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                tables.append(f.read())
+        except OSError:
+            continue
+    return socket_owner(tables, local, remote)
+
 
 # how long a name handed out by authenticate() counts against the total cap
 # before the hub has stored its user (login_user -> auth_to_user)
@@ -197,7 +214,11 @@ class AnonymousAuthenticator(Authenticator):
         the hub's machine (local mode). Do not add the networks your visitors
         come from for convenience; add the networks your proxies connect
         from: on zero-to-jupyterhub the cluster's pod network (see
-        ``chart-values/01-binder.yaml``). ``[]`` ignores the header.
+        ``chart-values/01-binder.yaml``). ``[]`` ignores the header. A
+        session's own connection to the hub is never believed: on the hub's
+        machine only the hub's own user's (its proxy's; sandboxes run as
+        other uids), elsewhere none from the address of one of the hub's
+        servers (a user pod).
         Default: ``["127.0.0.0/8", "::1/128"]``. Example::
 
             c.AnonymousAuthenticator.trusted_proxy_networks = ["10.244.0.0/16"]
@@ -389,26 +410,72 @@ class AnonymousAuthenticator(Authenticator):
                 self.log.warning("Ignoring trusted proxy %r: not an address or network", value)
         return networks
 
-    def request_client_address(self, handler):
-        """The client address of ``handler``'s request (see ``trusted_proxy_networks``).
+    @staticmethod
+    def _peer(request):
+        """``(address, port)`` of the TCP peer of ``request`` (port None if unknown).
 
-        Reads the TCP peer from tornado's connection context: JupyterHub runs
-        its server with ``xheaders=True``, which lets ``X-Real-Ip`` (passed on
-        unchanged by configurable-http-proxy) override ``request.remote_ip``.
+        Read from tornado's connection context: JupyterHub runs its server with
+        ``xheaders=True``, which lets ``X-Real-Ip`` (passed on unchanged by
+        configurable-http-proxy) override ``request.remote_ip``.
         """
-        request = handler.request
         context = getattr(request.connection, "context", None)
         address = getattr(context, "address", None)
-        if isinstance(address, tuple) and address:
-            peer = address[0]
-        else:
-            peer = getattr(context, "_orig_remote_ip", None) or request.remote_ip
+        if isinstance(address, tuple) and len(address) >= 2:
+            return address[0], address[1]
+        return getattr(context, "_orig_remote_ip", None) or request.remote_ip, None
+
+    def request_client_address(self, handler, believe_forwarded=True):
+        """The client address of ``handler``'s request (see ``trusted_proxy_networks``).
+
+        ``believe_forwarded=False``: the peer itself, whatever ``X-Forwarded-For`` says
+        (:meth:`peer_may_forward`).
+        """
+        request = handler.request
+        peer, _ = self._peer(request)
         return client_address(
             peer,
-            request.headers.get_list("X-Forwarded-For"),
+            request.headers.get_list("X-Forwarded-For") if believe_forwarded else [],
             self._trusted_networks(),
             hops=self.trusted_proxy_hops,
         )
+
+    async def peer_may_forward(self, handler):
+        """Whether the peer of ``handler``'s request may name its client.
+
+        Code in a session reaches the hub directly from a network the hub
+        trusts (a local-mode sandbox shares the hub's loopback; a user pod
+        is in the pod network), so it could name any address in
+        ``X-Forwarded-For`` and escape ``new_users_per_minute``. A peer on the
+        hub's machine is believed only if its socket is the hub's own user's
+        (configurable-http-proxy, which the hub starts; sandboxes run as other
+        uids); a peer elsewhere unless it is the address of one of the hub's
+        servers (:func:`binder_spawner.identity.believes_forwarded_for`).
+        """
+        request = handler.request
+        if not request.headers.get_list("X-Forwarded-For"):
+            return True
+        peer, port = self._peer(request)
+        try:
+            hub_address = request.connection.stream.socket.getsockname()[:2]
+        except (AttributeError, OSError):
+            hub_address = None
+        owner = None
+        if port is not None and hub_address is not None:
+            owner = await asyncio.to_thread(_local_socket_owner, (peer, port), hub_address)
+        runs_a_server = owner is None and self._runs_a_server(handler.db, peer)
+        believed = believes_forwarded_for(owner, os.geteuid(), runs_a_server)
+        if not believed:
+            self.log.warning(
+                "Not believing X-Forwarded-For from %s: a connection from a session, not a proxy",
+                peer,
+            )
+        return believed
+
+    @staticmethod
+    def _runs_a_server(db, address):
+        """Whether ``address`` is the address of one of the hub's servers (a user pod)."""
+        query = db.query(orm.Server).join(orm.Spawner, orm.Spawner.server_id == orm.Server.id)
+        return query.filter(orm.Server.ip == address).first() is not None
 
     def count_anonymous_users(self, db):
         """Members of ``group`` in the hub database."""
@@ -424,7 +491,7 @@ class AnonymousAuthenticator(Authenticator):
             if now - issued > PENDING_NAME_SECONDS:
                 del self._pending_names[name]
 
-    def _check_capacity(self, handler):
+    def _check_capacity(self, handler, believe_forwarded=True):
         """Raise a 429 if this client or the hub cannot take another anonymous user."""
         if self.max_anonymous_users > 0:
             self._expire_pending(time.monotonic())
@@ -440,7 +507,7 @@ class AnonymousAuthenticator(Authenticator):
                     "Try again in a few minutes.",
                     self.full_retry_after,
                 )
-        address = self.request_client_address(handler)
+        address = self.request_client_address(handler, believe_forwarded)
         self._limiter.limit = self.new_users_per_minute
         self._limiter.window = float(self.new_users_window)
         bucket = address_bucket(address, self.ipv6_prefix_length)
@@ -501,7 +568,9 @@ class AnonymousAuthenticator(Authenticator):
                 # with manage_groups the hub syncs groups from every login's model
                 model["groups"] = [g.name for g in current.groups]
             return model
-        address = self._check_capacity(handler)
+        # decided before the checks, which take the name without a pause between them
+        believe_forwarded = await self.peer_may_forward(handler)
+        address = self._check_capacity(handler, believe_forwarded)
         hint = launch_repo(handler.get_argument("next", ""))
         name = self.new_username(handler, hint)
         self._pending_names[name] = time.monotonic()
