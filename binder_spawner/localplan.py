@@ -30,6 +30,7 @@ the builder and ``jupyterhub-binder plan`` both call it.
 import hashlib
 import os
 import re
+import reprlib
 import stat
 from dataclasses import dataclass, field
 
@@ -64,6 +65,16 @@ PYTHON_PIN_RE = re.compile(r"^\s*python\s*(?:=+|\s)\s*(\d+(?:\.\d+)*)")
 DEFAULTS = "defaults"
 NODEFAULTS = "nodefaults"
 MAX_SPECS = 1000
+#: most ``pip:`` lines of one environment.yml (YAML aliases could repeat one list)
+MAX_PIP_LINES = 1000
+
+# A bounded picture of a YAML value for error messages: with aliases, a 1 KB
+# file can hold a list nested ten deep whose full repr takes gigabytes.
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 2
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxstring = 60
+_SHORT_REPR.maxother = 60
 
 
 class UnsupportedRepository(Exception):
@@ -202,7 +213,7 @@ def _is_python_package(repo_dir):
         return False
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return False
     return "project" in data and "build-system" in data
 
@@ -250,6 +261,8 @@ def parse_environment(text, path="environment.yml"):
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise UnsupportedRepository(f"{path} is not valid YAML{where}: {problem}.") from None
+    except RecursionError:
+        raise UnsupportedRepository(f"{path} is nested too deeply to be read.") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -288,9 +301,13 @@ def parse_environment(text, path="environment.yml"):
                     f"{path}: the 'pip:' section should be a list of requirements."
                 )
             env.pip.extend(x.strip() for x in lines if x.strip())
+            if len(env.pip) > MAX_PIP_LINES:
+                raise UnsupportedRepository(
+                    f"{path} lists more than {MAX_PIP_LINES} lines under 'pip:'."
+                )
         else:
             raise UnsupportedRepository(
-                f"{path}: {str(dep)[:60]!r} in 'dependencies' is neither a package "
+                f"{path}: {_SHORT_REPR.repr(dep)} in 'dependencies' is neither a package "
                 "spec nor a 'pip:' list."
             )
     # the pip: section is installed with uv, which needs no pip in the environment

@@ -13,6 +13,7 @@ import io
 import json
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
@@ -262,6 +263,54 @@ def test_bad_environment_refused_with_a_sentence(text, message):
         parse_environment(text)
     assert message in info.value.message
     assert info.value.message.startswith("environment.yml")
+
+
+def alias_bomb(levels):
+    """YAML anchors ``l0`` .. ``l<levels-1>``: ``l<n>`` is a list of nine ``l<n-1>``."""
+    lines = ["l0: &l0 [" + ", ".join(["xxxxxxxx"] * 9) + "]"]
+    for n in range(1, levels):
+        lines.append(f"l{n}: &l{n} [" + ", ".join([f"*l{n - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "dependencies, message",
+    [
+        # one entry: a list of 9**12 strings (a 32 TB repr), refused without printing it
+        ("  - *l11\n", "neither a package spec nor a 'pip:' list"),
+        # a thousand pip: sections that are one list of 5000 lines
+        ("  - {pip: *p}\n" * 1000, "more than 1000 lines under 'pip:'"),
+    ],
+)
+def test_yaml_aliases_cannot_make_root_expand_a_small_file(tmp_path, dependencies, message):
+    # root reads environment.yml in the hub's process; with anchors and aliases a file
+    # of a few kilobytes stands for more strings than the machine has memory
+    text = alias_bomb(12) + "p: &p [" + ", ".join(["six"] * 5000) + "]\n"
+    text += "dependencies:\n" + dependencies
+    assert len(text) < 64 * 1024
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsupportedRepository) as info:
+            plan_build(write_tree(tmp_path, {"environment.yml": text}))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert message in info.value.message and len(info.value.message) < 300, info.value.message
+    # the parsed file shares its lists; only that much is ever held
+    assert peak < 20 * 1024**2
+
+
+def test_deeply_nested_configuration_is_refused_with_a_sentence(tmp_path):
+    deep = "[" * 20000 + "]" * 20000
+    with pytest.raises(UnsupportedRepository) as info:
+        plan_build(write_tree(tmp_path, {"environment.yml": f"dependencies: {deep}\n"}))
+    assert info.value.message == "environment.yml is nested too deeply to be read."
+    # pyproject.toml: not a Python package, as with any TOML that cannot be read
+    other = tmp_path / "other"
+    plan_ = plan_build(
+        write_tree(other, {"pyproject.toml": f"[project]\nx = {deep}\n[build-system]\n"})
+    )
+    assert plan_.install_repo is False
 
 
 def test_empty_environment_is_a_conda_environment(tmp_path):
