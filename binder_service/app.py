@@ -57,6 +57,11 @@ def now():
 
 STATIC = Path(__file__).parent / "static"
 
+#: Largest request body the service reads (bytes). Its API takes bodies of a few
+#: hundred bytes; tornado's default (100 MB) let anyone, without a token, stall
+#: the service's one event loop for seconds with each request it parsed.
+MAX_BODY_SIZE = 64 * 1024
+
 
 def _starting_or_running(server):
     """True if a hub server model (or None) is starting or running, not stopping or stopped."""
@@ -688,7 +693,7 @@ class BinderService(Application):
 
     async def start_async(self):
         self.web_app = self.make_app()
-        self.http_server = HTTPServer(self.web_app, xheaders=True)
+        self.http_server = HTTPServer(self.web_app, xheaders=True, max_body_size=MAX_BODY_SIZE)
         self.http_server.listen(self.port, self.ip)
         self.log.info(
             "binder_service listening on http://%s:%s%s", self.ip, self.port, self.base_url

@@ -121,6 +121,8 @@ class BaseHandler(web.RequestHandler):
 
 class ReservationsHandler(BaseHandler):
     async def post(self):
+        # the token first: a stranger's body is not even parsed
+        identity = await self.identity()
         body = self.json_body()
         user, server, repo = body.get("user"), body.get("server", ""), body.get("repo")
         for name, value in (("user", user), ("server", server), ("repo", repo)):
@@ -130,7 +132,6 @@ class ReservationsHandler(BaseHandler):
                 )
         if not user or not repo:
             raise web.HTTPError(400, "'user' and 'repo' are required.")
-        identity = await self.identity()
         if not self.may_act_for(identity, user):
             raise web.HTTPError(403, "You can only reserve instances for your own servers.")
         try:

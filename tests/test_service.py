@@ -474,6 +474,33 @@ async def test_a_stopping_server_cannot_take_its_slot_again(env):
     await poll(lambda: _repo_gone(env, repo_key), message="nothing counted for the stopped server")
 
 
+async def test_request_bodies_are_read_only_with_a_token_and_within_a_limit(env):
+    """A stranger's body was parsed before its token was checked, and bodies of any
+    size were read (tornado's default limit is 100 MB): one 40 MB request without a
+    token held the service's one event loop, and so every launch's reservation, for
+    seconds."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(env.service_url + "api/reservations", data=b"[1, 1") as resp:
+            assert resp.status == 403, await resp.text()
+    # a body larger than any reservation: refused from its Content-Length, unread
+    url = urlparse(env.service_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(
+            f"POST {url.path}api/reservations HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Authorization: token {env.hub.token}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1048576\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # before the limit, the service waited for the megabyte that never comes
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+    status, _, _ = await env.service("GET", "health")
+    assert status == 200
+
+
 async def test_launch_events(env):
     await env.user("evt1")
     await env.start_server("evt1", repo="https://github.com/binder-examples/events")
