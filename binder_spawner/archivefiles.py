@@ -26,6 +26,7 @@ import contextlib
 import os
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 
@@ -36,6 +37,16 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME_BYTES = 255
 MAX_DEPTH = 64
+
+# The records at the end of a zip (APPNOTE.TXT 4.3.12-4.3.16), little-endian:
+# end of central directory (22 bytes, then a comment of up to 64 KB), the zip64
+# locator (20) and zip64 end of central directory (56) just before it, and the
+# lengths of the name, extra field and comment of a central directory header (46).
+_END = struct.Struct("<4s4H2LH")
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL_HEADER = 46
+_CENTRAL_LENGTHS = struct.Struct("<3H")
 
 
 def safe_parts(name):
@@ -111,6 +122,69 @@ def _is_link(info):
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
+def _central_directory(f):
+    """(offset, size) of a zip's central directory, found as :mod:`zipfile` finds it; or None.
+
+    The end record is the last 22 bytes, or else the last one in the final
+    64 KB (after it, a comment); a zip64 end record, when its locator sits just
+    before, gives the size; the directory ends where those records begin.
+    """
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    if size < _END.size:
+        return None
+    tail_size = min(size, _END.size + 0xFFFF)
+    f.seek(size - tail_size)
+    tail = f.read(tail_size)
+    at = len(tail) - _END.size
+    if tail[at : at + 4] != b"PK\x05\x06" or tail[-2:] != b"\0\0":
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _END.size > len(tail):
+            return None
+    end = size - tail_size + at
+    directory_size = _END.unpack_from(tail, at)[5]
+    if end >= _END64_LOCATOR.size + _END64.size:
+        f.seek(end - _END64_LOCATOR.size - _END64.size)
+        records = f.read(_END64_LOCATOR.size + _END64.size)
+        locator = _END64_LOCATOR.unpack_from(records, _END64.size)
+        end64 = _END64.unpack_from(records)
+        if locator[0] == b"PK\x06\x07" and end64[0] == b"PK\x06\x06":
+            directory_size = end64[8]
+            end -= _END64_LOCATOR.size + _END64.size
+    return end - directory_size, directory_size
+
+
+def check_zip_entries(f, max_files):
+    """Refuse a zip whose central directory lists more than ``max_files`` entries.
+
+    Counted from the headers themselves (the end record's count can lie), a
+    few bytes at a time, before :class:`zipfile.ZipFile` reads the whole
+    directory into memory and makes an object of every entry: a 1 GB zip of
+    empty entries lists 22 million of them, about 9 GB of the hub's memory.
+    """
+    found = _central_directory(f)
+    if found is None:
+        return  # not a zip: zipfile says so
+    offset, size = found
+    if offset < 0:
+        return
+    f.seek(offset)
+    entries = read = 0
+    while read < size:
+        header = f.read(_CENTRAL_HEADER)
+        if len(header) < _CENTRAL_HEADER or header[:4] != b"PK\x01\x02":
+            return  # a damaged directory: zipfile refuses it
+        entries += 1
+        if entries > max_files:
+            raise ArchiveError(
+                f"The record's archive holds more than the {max_files} entries this hub unpacks.",
+                413,
+            )
+        skip = sum(_CENTRAL_LENGTHS.unpack_from(header, 28))
+        f.seek(skip, os.SEEK_CUR)
+        read += _CENTRAL_HEADER + skip
+
+
 def check_zip(zf, max_files, max_bytes):
     """Refuse the whole zip before writing anything (see the module docstring)."""
     infos = zf.infolist()
@@ -149,6 +223,7 @@ def extract_zip(dir_fd, name, *, max_files, max_bytes, only=None):
     try:
         fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         with os.fdopen(fd, "rb") as f:
+            check_zip_entries(f, max_files)
             try:
                 zf = zipfile.ZipFile(f)
             except (zipfile.BadZipFile, ValueError):

@@ -10,7 +10,9 @@ import hashlib
 import ipaddress
 import os
 import socket
+import struct
 import tempfile
+import tracemalloc
 import zlib
 from urllib.parse import quote
 
@@ -449,6 +451,35 @@ async def test_zip_bomb_is_refused(archives):
     with pytest.raises(ArchiveError) as e:
         await download(policy, "10.5281/zenodo.6950")
     assert e.value.status_code == 413 and "unpacks to 64 MB" in e.value.message
+
+
+def zip_listing(count):
+    """A zip whose central directory lists the same empty file ``count`` times (47 bytes each)."""
+    one = zip_bytes({"a": b""})
+    _, _, _, _, _, size, offset, _ = struct.unpack("<4s4H2LH", one[-22:])
+    directory = one[offset : offset + size] * count
+    total = min(count, 0xFFFF)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, total, total, len(directory), offset, 0)
+    return one[:offset] + directory + end
+
+
+async def test_zip_listing_too_many_entries_is_refused_before_zipfile_reads_it(archives):
+    # every entry of a zip's directory becomes an object of the hub's process when
+    # zipfile reads it: 14 MB of entries took 130 MB, a 1 GB zip (the download cap) 9 GB
+    archives.zenodo_record("6970", {"many.zip": zip_listing(300_000)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError) as e:
+            await download(policy_for(archives), "10.5281/zenodo.6970")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the download (1 MB at a time) and at most the 10001 headers counted
+    assert peak < 16 * 1024**2, peak
+    assert e.value.status_code == 413
+    assert e.value.message == (
+        "The record's archive holds more than the 10000 entries this hub unpacks."
+    )
 
 
 async def test_file_names_from_the_listing_cannot_escape(archives):
