@@ -78,9 +78,11 @@ async def test_unreachable_state_dir_is_refused_at_start(tmp_path):
 
 
 async def test_no_cgroups_refused_unless_the_admin_opts_out(hub_factory, tmp_path):
-    # pytest's tmp is private to root: a state directory the sandbox uids can reach
-    state = tempfile.mkdtemp(prefix="binder-startup-")
+    # pytest's tmp is private to root: state directories the sandbox uids can
+    # reach, one per hub (the two start at once and would share a database)
+    state, refused_state = (tempfile.mkdtemp(prefix="binder-startup-") for _ in range(2))
     os.chmod(state, 0o711)
+    os.chmod(refused_state, 0o711)
     config = tmp_path / "no-cgroups.py"
     config.write_text(
         f"c.Sandbox.cgroup_root = '/nonexistent-cgroup-root'\nload_subconfig({ROOT_CONFIG!r})\n"
@@ -89,7 +91,7 @@ async def test_no_cgroups_refused_unless_the_admin_opts_out(hub_factory, tmp_pat
     # is not enforced
     env = _env(state, tmp_path)
     (code, out), hub = await _all(
-        _run_hub_until_exit(config, _env(state, tmp_path), cwd=tmp_path),
+        _run_hub_until_exit(config, _env(refused_state, tmp_path), cwd=tmp_path),
         hub_factory(
             textwrap.dedent(
                 f"""
