@@ -60,15 +60,28 @@ def cull_reason(server, rules, now):
     return None
 
 
-def deletable(user, anonymous_group, grace, now):
-    """True if ``user`` is an anonymous user with no active server, quiet for ``grace`` seconds."""
+def deletable(user, anonymous_group, grace, now, had_server=None, serverless_max=0):
+    """True if ``user`` is an anonymous user with no active server, quiet for ``grace`` seconds,
+    or without a server for ``serverless_max`` seconds (0: no such limit) whatever it did.
+
+    ``had_server`` is when the user was last seen with an active server (None:
+    not seen since the service started). The activity a user reports
+    (``POST /users/{name}/activity``, or any request with its token) keeps it
+    only until then: a visitor cannot keep identities without sessions, which
+    count against the authenticator's ``max_anonymous_users``, for ever.
+    """
     if user_kind(user, anonymous_group) != "anonymous":
         return False
     if any(not s.get("stopped", False) for s in (user.get("servers") or {}).values()):
         return False
     if user.get("pending"):
         return False
-    times = [parse_date(user.get("created")), parse_date(user.get("last_activity"))]
+    created = parse_date(user.get("created"))
+    if serverless_max and created is not None:
+        since = max(created, had_server) if had_server is not None else created
+        if (now - since).total_seconds() >= serverless_max:
+            return True
+    times = [created, parse_date(user.get("last_activity"))]
     latest = max((t for t in times if t is not None), default=None)
     return latest is None or (now - latest).total_seconds() >= grace
 
@@ -178,7 +191,10 @@ class Culler(LoggingConfigurable):
         help="""
         Seconds an anonymous user without servers is kept after its creation
         or last activity, so a visitor who just arrived can still start a
-        server. Default 60.
+        server. Its activity keeps it at most ``timeout`` seconds after it was
+        last seen with a server (or after its creation): what a visitor
+        reports through the hub API cannot keep an identity without sessions
+        for ever. Default 60.
 
         Example: ``c.Culler.anonymous_grace = 300``
 
@@ -216,6 +232,8 @@ class Culler(LoggingConfigurable):
         self.hub = hub
         self.clock = clock
         self.metrics = metrics
+        # anonymous user -> when a sweep last saw it with an active server
+        self._had_server = {}
 
     def rules_for(self, user):
         kind = user_kind(user, self.anonymous_group)
@@ -287,7 +305,11 @@ class Culler(LoggingConfigurable):
     async def cull_servers(self, active_users):
         """Stop the servers of ``active_users`` (hub models) that the rules select."""
         semaphore = asyncio.Semaphore(self.concurrency)
-        selected = self.select(active_users, self.clock())
+        now = self.clock()
+        for user in active_users:
+            if any(not s.get("stopped") for s in (user.get("servers") or {}).values()):
+                self._had_server[user["name"]] = now
+        selected = self.select(active_users, now)
         results = await asyncio.gather(*(self._stop(semaphore, *s) for s in selected))
         return sum(1 for r in results if r)
 
@@ -298,8 +320,21 @@ class Culler(LoggingConfigurable):
         semaphore = asyncio.Semaphore(self.concurrency)
         now = self.clock()
         tasks = []
+        listed = set()
         async for user in self.hub.users(state="inactive"):
-            if deletable(user, self.anonymous_group, self.anonymous_grace, now):
+            listed.add(user["name"])
+            if deletable(
+                user,
+                self.anonymous_group,
+                self.anonymous_grace,
+                now,
+                had_server=self._had_server.get(user["name"]),
+                serverless_max=self.timeout,
+            ):
                 tasks.append(asyncio.ensure_future(self._delete(semaphore, user)))
         results = await asyncio.gather(*tasks)
+        # remembered only while they tell something: users without a server, not gone
+        for name in [n for n in self._had_server if n not in listed]:
+            if (now - self._had_server[name]).total_seconds() > self.timeout:
+                del self._had_server[name]
         return sum(1 for r in results if r)

@@ -649,6 +649,28 @@ async def test_culling(env):
     assert "anon-idle" not in text and "registered" not in text
 
 
+async def test_activity_cannot_keep_an_anonymous_user_without_servers(env):
+    """A visitor's token may report activity up to an hour ahead (the hub's limit),
+    and any request with it counts as activity: an anonymous user without servers
+    that did so was never deleted, and kept a place under the authenticator's
+    max_anonymous_users for ever. Without a server, it goes after the idle timeout."""
+    env.reset_clock()
+    token = await env.user("anon-pinging", groups=["binder-anonymous"])
+    ahead = datetime.now(timezone.utc) + timedelta(minutes=55)
+    stamp = ahead.isoformat().replace("+00:00", "Z")
+    status, body = await env.hub.api(
+        "POST", "/users/anon-pinging/activity", json={"last_activity": stamp}, token=token
+    )
+    assert status == 200, body
+    # past the idle timeout (600 s) on the service's clock, still before that activity
+    env.move_clock(660)
+    await poll(lambda: _user_gone(env, "anon-pinging"), message="anon-pinging deleted")
+
+
+async def _user_gone(env, name):
+    return await env.servers(name) is None
+
+
 async def test_reservation_expiry(env):
     # a reservation whose server never appears (the spawn never started) expires
     status, body, _ = await env.service(

@@ -258,6 +258,20 @@ def test_deletable_only_quiet_anonymous_users_without_servers():
     assert not deletable(user("adm", admin=True, groups=[group]), group, 60, at(999))
 
 
+def test_activity_keeps_an_identity_without_a_server_only_so_long():
+    """Any request with a visitor's token, or its own activity report (up to an hour
+    ahead), made it "active": an identity without sessions lived for ever."""
+    group = "binder-anonymous"
+    pinging = user("a", groups=[group], created=0, last_activity=3600)
+    assert not deletable(pinging, group, 60, at(599), serverless_max=600)
+    assert deletable(pinging, group, 60, at(600), serverless_max=600)
+    # counted from when it last had a server, not from its creation
+    assert not deletable(pinging, group, 60, at(900), had_server=at(400), serverless_max=600)
+    assert deletable(pinging, group, 60, at(1000), had_server=at(400), serverless_max=600)
+    # 0: its activity keeps it, as before
+    assert not deletable(pinging, group, 60, at(3000))
+
+
 def test_clock_seam_moves_a_service_subprocess(tmp_path):
     """tests/clockseam moves ``binder_service.utils.utcnow`` in a subprocess, nothing else."""
     import os
