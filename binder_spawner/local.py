@@ -38,7 +38,7 @@ from .localbuild import (
     activation_command,
 )
 from .perprocess import one_per_process
-from .sandbox import SANDBOX_HOME, Sandbox, SandboxUnavailable
+from .sandbox import SANDBOX_HOME, Sandbox, SandboxUnavailable, listening_uids
 
 # Variables of the hub's environment that must not reach a user's server:
 # they would point the server's Python at the hub's packages.
@@ -328,7 +328,35 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
                 await asyncio.sleep(0.05)
                 continue
             writer.close()
+            await self._check_port_owner()
             return
+
+    async def _check_port_owner(self):
+        """Refuse to go on when another uid listens on the server's port.
+
+        The sandboxes share the host's network, so another visitor's server
+        that took this port first would get this user's requests (and
+        cookies) through the proxy. Only a root hub can tell (each server has
+        a uid of its own).
+        """
+        uid = self.sandbox.server_uid(self.user.id)
+        if uid is None:
+            return
+        owners = await asyncio.to_thread(listening_uids, self.port)
+        if owners - {uid}:
+            self.log.warning(
+                "Port %s of %s is held by uid(s) %s, not the server's %s: not starting it",
+                self.port,
+                self._log_name,
+                sorted(owners - {uid}),
+                uid,
+            )
+            raise spawn_error(
+                "The port chosen for your server was taken by another program on this "
+                "machine before the server could use it. Start it again.",
+                status_code=503,
+                reason="port-taken",
+            )
 
     # -- memory limit --------------------------------------------------------------
 

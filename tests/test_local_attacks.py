@@ -22,13 +22,27 @@ import pytest
 import pytest_asyncio
 
 from .localhub import local_hub_session
-from .utils import poll, uid_base
+from .utils import free_port, poll, uid_base
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 # root-only, outside every sandbox: only a program run by root on the host can write here
 # one per test run: two runs side by side (scripts/test) each remove theirs
 PROOF_DIR = f"/var/tmp/binder-attack-proof-{uid_base()}"
+# root-only too: the port a test gives a user's next server (see PORT_HOOK)
+PORT_DIR = f"/var/tmp/binder-attack-ports-{uid_base()}"
+
+# An attacker who takes every other free port knows which one the hub picks next;
+# the tests give the hub that port instead of taking the machine's ports.
+PORT_HOOK = f"""
+import os
+def _port_from_the_test(spawner):
+    path = os.path.join({PORT_DIR!r}, spawner.user.name)
+    if os.path.exists(path):
+        with open(path) as f:
+            spawner.port = int(f.read())
+c.Spawner.pre_spawn_hook = _port_from_the_test
+"""
 
 # programs root runs (or once ran) by name, and the interpreter
 HIJACKED_BY_POSTBUILD = ["uv", "git", "cp", "tar", "chmod", "sh", "env", "python", "python3"]
@@ -98,9 +112,17 @@ def proof_dir():
     shutil.rmtree(PROOF_DIR, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def port_dir():
+    shutil.rmtree(PORT_DIR, ignore_errors=True)
+    os.makedirs(PORT_DIR, mode=0o700)
+    yield PORT_DIR
+    shutil.rmtree(PORT_DIR, ignore_errors=True)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def local(tmp_path_factory, request, proof_dir):
-    async with local_hub_session(tmp_path_factory, request, "attack-hub") as local:
+async def local(tmp_path_factory, request, proof_dir, port_dir):
+    async with local_hub_session(tmp_path_factory, request, "attack-hub", PORT_HOOK) as local:
         yield local
 
 
@@ -331,6 +353,76 @@ async def test_a_server_cannot_listen_to_another_servers_kernel(local, linked_re
         assert secret in await talking
     for user in ("alice", "mallory"):
         await local.stop(user)
+
+
+# oscar's server starts a program that answers on a port, and stays
+SQUAT = r"""
+import socket, subprocess, sys, time
+code = (
+    "import http.server\n"
+    "class Handler(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = b'oscar answers'\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Length', str(len(body)))\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(body)\n"
+    "http.server.HTTPServer(('127.0.0.1', {port}), Handler).serve_forever()\n"
+)
+subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+for _ in range(200):
+    try:
+        socket.create_connection(("127.0.0.1", {port})).close()
+        print("LISTENING")
+        break
+    except OSError:
+        time.sleep(0.05)
+"""
+
+
+def give_port(port_dir, user, port):
+    """The port ``user``'s next server gets (None: the hub's choice again), via PORT_HOOK."""
+    path = os.path.join(port_dir, user)
+    if port is None:
+        os.unlink(path)
+    else:
+        with open(path, "w") as f:
+            f.write(str(port))
+
+
+def _uid_of(pid):
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+async def test_a_server_cannot_take_another_servers_port(local, linked_repo, port_dir):
+    # The proxy would send peggy's requests (and cookies) to whatever answers on
+    # her server's port: oscar's program listens there before her server can.
+    events = await local.launch("oscar", {"repo": linked_repo})
+    assert events[-1].get("ready"), messages(events)
+    port = free_port()
+    assert "LISTENING" in await local.run_code("oscar", SQUAT.format(port=port))
+    give_port(port_dir, "peggy", port)
+    log_start = len(local.hub.log())
+    try:
+        events = await local.launch("peggy", {"repo": linked_repo})
+    finally:
+        give_port(port_dir, "peggy", None)
+    assert events[-1].get("failed"), messages(events)
+    assert "port chosen for your server was taken" in events[-1]["message"], messages(events)
+    log = local.hub.log()[log_start:]
+    found = re.search(r"held by uid\(s\) \[(\d+)\], not the server's (\d+)", log)
+    assert found, log[-3000:]
+    # peggy's server was stopped with its sandbox: no process of her uid is left
+    peggy_uid = int(found.group(2))
+
+    def peggy_gone():
+        return not [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == peggy_uid]
+
+    await poll(peggy_gone, timeout=30, message="peggy's processes to end")
+    await local.stop("oscar")
 
 
 # -- the memory limit of a whole server ----------------------------------------------------
