@@ -33,6 +33,7 @@ from tornado.log import LogFormatter
 from traitlets import Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import Application, Config, TraitError
 
+from binder_spawner.images import names_repository
 from binder_spawner.repos import RepoPolicy, SpecError
 
 from . import handlers as handlers_module
@@ -550,6 +551,21 @@ class BinderService(Application):
             self.metrics.expired.inc(len(expired))
         self.metrics.slots.set(len(self.store))
         return self.store.usage()
+
+    async def may_place(self, identity, image):
+        """Whether ``identity`` may ask where ``image`` goes: a user one of whose
+        servers launches that image's repository (its spawner asks while the
+        server starts), or a caller that reads every server (admins, services)."""
+        if "read:servers" in set(identity.get("scopes") or []):
+            return True
+        if identity.get("kind") != "user":
+            return False
+        model = await self.hub.user(identity.get("name") or "")
+        for server in ((model or {}).get("servers") or {}).values():
+            spec = self.spec_of(server.get("user_options"))
+            if spec is not None and names_repository(image, spec):
+                return True
+        return False
 
     async def placement(self, image):
         return await self.placement_source.rank(image)

@@ -11,7 +11,9 @@ REST API (JSON, ``Authorization: token T`` with a JupyterHub token):
 - ``GET api/settings`` -> the values shared with the hub's configuration
   (``{"Culler": {"timeout", ...}, "PlacementSource": {"pod_memory"}}``), with
   the unfiltered ``read:servers`` scope only.
-- ``GET api/placement?image=IMAGE`` -> ``{"nodes": [{"name", "weight"}]}``.
+- ``GET api/placement?image=IMAGE`` -> ``{"nodes": [{"name", "weight"}]}``, for
+  the image of one of the caller's own servers' repository, or with the
+  unfiltered ``read:servers`` scope.
 
 Public: ``v2/<provider>/<spec>`` launch links (redirect to the hub's spawn
 URL), ``badge.svg``, ``badge_logo.svg``, ``health`` and ``metrics``.
@@ -207,10 +209,14 @@ class SettingsHandler(BaseHandler):
 
 class PlacementHandler(BaseHandler):
     async def get(self):
-        await self.identity()
+        identity = await self.identity()
         image = self.get_argument("image", "")
         if not image or len(image) > 512:
             raise web.HTTPError(400, "Give the image name as ?image=NAME:TAG.")
+        # which nodes hold an image tells who launched (repository, commit):
+        # other visitors' business, as the usage is
+        if not await self.service.may_place(identity, image):
+            raise web.HTTPError(403, "You can only ask where the image of your own launch goes.")
         nodes = await self.service.placement(image)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"nodes": [{"name": n, "weight": w} for n, w in nodes]}))

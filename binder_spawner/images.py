@@ -61,6 +61,31 @@ def image_name(spec, commit, prefix=""):
     return f"{prefix}{slug}:{commit}".replace("_", "-").lower()
 
 
+def names_repository(image, spec):
+    """True if ``image`` is an :func:`image_name` of ``spec``'s repository, with any prefix and tag.
+
+    The name ends with ``-`` and the slug's hash, after the escaped slug as far
+    as the prefix left room for it (a name is cut to :data:`IMAGE_NAME_LIMIT`).
+    """
+    name = image.lower()
+    last = name.rsplit("/", 1)[-1]
+    if "@" in last:
+        name = name.split("@", 1)[0]
+    elif ":" in last:
+        name = name.rsplit(":", 1)[0]
+    slug = _build_slug(spec)
+    digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()[:6]
+    if not name.endswith("-" + digest):
+        return False
+    body = name[: -len(digest) - 1]
+    escaped = escapism.escape(slug, safe=_SAFE, escape_char="-").replace("_", "-").lower()
+    if body.endswith(escaped):
+        return True
+    # cut: the prefix took the room of the slug's end
+    cut = IMAGE_NAME_LIMIT - len(digest) - 1
+    return len(body) == cut and any(body[start:] == escaped[: cut - start] for start in range(cut))
+
+
 def split_image(image):
     """``(registry host or "", repository path, tag)`` of an image reference.
 

@@ -22,7 +22,8 @@ import pytest_asyncio
 from binder_service.limits import reservation_id
 from binder_service.permissions import service_role
 from binder_spawner import build
-from binder_spawner.images import repo_hash
+from binder_spawner.images import image_name, repo_hash
+from binder_spawner.repos import RepoPolicy
 
 from .authhub import browser_api
 from .gitserver import GitServer
@@ -255,6 +256,11 @@ def hub_config(registry, git, service_port, kubeconfig):
             "environment": {{"KUBECONFIG": "{kubeconfig}"}},
         }}
     )
+    # as jupyterhub_config.py and the chart values: the service reads the
+    # launches' repositories with the hub's RepoPolicy
+    from binder_service.hubconfig import hand_over
+
+    hand_over(c.JupyterHub.services[-1])
     c.JupyterHub.load_roles.append({service_role()!r})
     """
 
@@ -641,6 +647,14 @@ async def test_anonymous_token_cannot_free_its_slot_or_list_repositories(env):
         slot = reservation_id(name, "")
         async with session.delete(base + f"api/reservations/{slot}") as resp:
             assert resp.status == 403, await resp.text()
+        # Nor where another repository's image is cached: the nodes that hold an
+        # image tell who launched (repository, commit). Its own launch's, yes.
+        own = env.user_pod(name, "")["spec"]["containers"][0]["image"]
+        elsewhere = RepoPolicy().parse("gh/someone/else/main")
+        other = image_name(elsewhere, "0" * 40, prefix=f"{env.registry.host}/binder-")
+        for image, status in ((own, 200), (other, 403)):
+            async with session.get(base + "api/placement", params={"image": image}) as resp:
+                assert resp.status == status, (image, await resp.text())
     assert await env.usage(url) == 1
     # stopping the server is what gives the slot back
     await env.stop(name, "")

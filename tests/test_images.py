@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binder_spawner.images import build_pod_name, image_name, split_image
+from binder_spawner.images import build_pod_name, image_name, names_repository, split_image
 from binder_spawner.repos import RepoPolicy
 
 COMMIT = "1479e0252b2e648bb755ee913292b79495931717"
@@ -70,6 +70,25 @@ def test_prefix_and_length_limit():
     assert len(name) == 255
     assert name.endswith("-" + sha6(spec.build_slug))
     assert split_image(image) == ("registry.example.org:5000", name.split("/", 1)[1], COMMIT)
+
+
+@pytest.mark.parametrize("prefix", ["", "registry.example.org:5000/binder/prod-", "r/" + "p" * 120])
+def test_an_image_names_its_repository_whatever_the_prefix(prefix):
+    policy = RepoPolicy()
+    long = policy.parse("git/https%3A%2F%2Fexample.org%2F" + "x" * 400 + "/main")
+    for spec in (policy.parse("gh/binder-examples/octave/main"), long):
+        image = image_name(spec, COMMIT, prefix=prefix)
+        assert names_repository(image, spec)
+        assert names_repository(image.rsplit(":", 1)[0], spec)
+    other = policy.parse("gh/binder-examples/octave-fork/main")
+    assert not names_repository(image_name(other, COMMIT, prefix=prefix), long)
+    assert not names_repository(
+        image_name(other, COMMIT, prefix=prefix), policy.parse("gh/binder-examples/octave/main")
+    )
+    # the same slug's hash is not enough: the slug must be there too
+    octave = policy.parse("gh/binder-examples/octave/main")
+    forged = prefix + "x" + image_name(octave, COMMIT)[-len(COMMIT) - 8 :]
+    assert not names_repository(forged, octave)
 
 
 def test_image_name_needs_commit():
