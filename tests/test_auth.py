@@ -4,6 +4,7 @@ One hub for the module (base URL ``/binder/``, named servers on), each test
 with its own browsers; see tests/test_auth_limits.py for the limits.
 """
 
+import asyncio
 import json
 import sys
 from urllib.parse import parse_qs, quote, urlsplit
@@ -228,6 +229,32 @@ async def test_two_links_in_one_browser(hub):
     await wait_ready(hub, name, third)
     status, model = await hub.api("GET", f"/users/{name}")
     assert set(model["servers"]) == {"", third}
+
+
+async def test_concurrent_launches_through_the_api_stay_within_the_cap(hub):
+    """A visitor's token starts its default and two named servers at once; the
+    per-user cap (2) still holds: JupyterHub marks each spawn pending before
+    ``pre_spawn_start`` counts the others."""
+    browser = fresh_browser(hub)
+    name = (await whoami(hub, browser))["name"]
+    token = await user_token(hub, browser, name)
+    paths = [
+        f"/users/{name}/server",
+        f"/users/{name}/servers/race-a",
+        f"/users/{name}/servers/race-b",
+    ]
+    launch = {"repo": "https://github.com/org/race"}
+    results = await asyncio.gather(
+        *(hub.api("POST", path, token=token, json=launch) for path in paths)
+    )
+    statuses = sorted(status for status, _ in results)
+    assert statuses[-1] == 429 and all(s in (201, 202) for s in statuses[:-1]), results
+    status, model = await hub.api("GET", f"/users/{name}")
+    assert len(model["servers"]) == 2, model["servers"]
+    for server in model["servers"]:
+        path = f"/users/{name}/servers/{server}" if server else f"/users/{name}/server"
+        status, body = await hub.api("DELETE", path, token=token)
+        assert status in (202, 204), body
 
 
 BYPASS_VECTORS = [
