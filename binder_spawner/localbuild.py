@@ -71,6 +71,8 @@ JUPYTER_CACHE_DIR = "jupyter"
 
 # a marker that is never true removes a requirement (uv's override semantics)
 SLOW_IMPORT_OVERRIDE = "rfc3987-syntax ; sys_platform == 'never'"
+# ipykernel's debugger, left out unless EnvironmentBuilder.kernel_debugger
+NO_DEBUGGER_OVERRIDE = "debugpy ; sys_platform == 'never'"
 OVERRIDES_FILE = ".binder-overrides.txt"
 
 # how long an unknown commit of a repository is remembered (one fetch, not one per launch)
@@ -440,6 +442,25 @@ class EnvironmentBuilder(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    kernel_debugger = Bool(
+        False,
+        help="""
+        Let kernels run JupyterLab's debugger (``debugpy``, which ipykernel installs).
+
+        Off by default: once a visitor has turned the debugger on and off,
+        ``debugpy`` goes on listening on a loopback TCP port, without a key, and
+        any other server on this machine (the sandboxes share its network)
+        could connect to it and run code in that visitor's kernel. Off, uv
+        leaves ``debugpy`` out (an override, like ``uv_overrides``) and kernels
+        offer no debugger. Not removed: a ``debugpy`` that a conda
+        ``environment.yml`` or a ``postBuild`` installs, or any with
+        ``installer = "pip"``. Default False.
+        Example: ``c.EnvironmentBuilder.kernel_debugger = True`` (one trusted user)
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
     apt_policy = Enum(
         list(APT_POLICIES),
         "warn",
@@ -592,6 +613,10 @@ class EnvironmentBuilder(LoggingConfigurable):
         self._jupyter_caches = None
         self._cache_dir_checked = False
 
+    def _overrides(self):
+        """The lines of the overrides file uv installs with (``uv_overrides``, the debugger)."""
+        return [*self.uv_overrides, *([] if self.kernel_debugger else [NO_DEBUGGER_OVERRIDE])]
+
     def _jupyter_cache_store(self):
         """The :class:`~binder_spawner.jupytercache.JupyterCache` of ``jupyter_packages`` (or None)."""
         if not (self.jupyter_cache and self.jupyter_packages and self.installer == "uv"):
@@ -612,7 +637,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         """The environment's key for a repository (canonical name or URL) at a commit."""
         salt = [self.installer, *self.jupyter_packages]
         if self.installer == "uv":
-            salt += self.uv_overrides
+            salt += self._overrides()
         if self.conda_channels != ["conda-forge"] or self.conda_channel_alias != (
             "https://conda.anaconda.org"
         ):
@@ -767,7 +792,7 @@ class EnvironmentBuilder(LoggingConfigurable):
             # an earlier attempt that did not finish; rmtree never follows links
             shutil.rmtree(path)
         os.mkdir(path, 0o755 if hand_over else 0o700)
-        if self.uv_overrides:
+        if self._overrides():
             # written before any build step runs, into the directory root just made
             fd = os.open(
                 os.path.join(path, OVERRIDES_FILE),
@@ -775,7 +800,7 @@ class EnvironmentBuilder(LoggingConfigurable):
                 0o644,
             )
             with os.fdopen(fd, "w") as f:
-                f.write("\n".join(self.uv_overrides) + "\n")
+                f.write("\n".join(self._overrides()) + "\n")
         uid = self.sandbox.build_uid()
         # the build's own download cache, inside the environment: started from the
         # Jupyter package cache while the directory is still root's, then the build uid's
@@ -932,7 +957,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         if self.installer == "uv":
             await run([self.uv_path, "venv", "--python", python, venv_in], extra=extra)
             install = [self.uv_path, "pip", "install", "--python", venv_in + "/bin/python"]
-            if self.uv_overrides:
+            if self._overrides():
                 install += ["--overrides", f"{ENV_MOUNT}/{OVERRIDES_FILE}"]
         else:
             await run([python, "-m", "venv", venv_in], extra=extra)
@@ -1018,7 +1043,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         version = await asyncio.to_thread(_conda_python_version, os.path.join(path, "venv"))
         python_in = venv_in + "/bin/python"
         install = [self.uv_path, "pip", "install", "--python", python_in]
-        if self.uv_overrides:
+        if self._overrides():
             install += ["--overrides", f"{ENV_MOUNT}/{OVERRIDES_FILE}"]
         if pip_file:
             task.add_line("Installing the pip: section: " + " ".join(env.pip))

@@ -10,12 +10,14 @@ server (processes, ``/tmp``, ``/dev/shm``), seen from the host and by the user.
 
 import asyncio
 import glob
+import json
 import os
 import re
 import secrets
 import shutil
 import stat
 import textwrap
+import uuid
 
 import aiohttp
 import pytest
@@ -352,6 +354,110 @@ async def test_a_server_cannot_listen_to_another_servers_kernel(local, linked_re
                 assert resp.status in (200, 201), await resp.text()
         assert secret in await talking
     for user in ("alice", "mallory"):
+        await local.stop(user)
+
+
+# mallory tries every TCP port another uid listens on as a debugpy adapter (DAP over TCP):
+# attach, then run code in that kernel
+ATTACH_TO_EVERY_DEBUGGER = r"""
+import json, os, socket
+ports = set()
+for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(path).read().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[7]) != os.getuid():
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+
+def send(sock, seq, command, **arguments):
+    body = json.dumps(
+        {"seq": seq, "type": "request", "command": command, "arguments": arguments}
+    ).encode()
+    sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+def answers(sock, seconds):
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data.decode(errors="replace")
+
+adapters = []
+for port in sorted(ports):
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+        send(sock, 1, "initialize", adapterID="python", clientID="mallory")
+        if '"debugpy"' not in answers(sock, 1):
+            continue
+        adapters.append(port)
+        send(sock, 2, "attach", justMyCode=False)
+        answers(sock, 2)
+        send(sock, 3, "configurationDone")
+        answers(sock, 1)
+        code = "open('/home/jovyan/mallory-was-here', 'w').write('x')"
+        send(sock, 4, "evaluate", expression=code, context="repl")
+        answers(sock, 2)
+    except OSError:
+        pass
+print("PORTS", len(ports), "DEBUGGERS", adapters)
+"""
+
+
+def debug_request(command, seq, **arguments):
+    """A kernel message as JupyterLab's debugger sends it (control channel)."""
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": "debug_request",
+            "username": "carol",
+            "session": uuid.uuid4().hex,
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {"type": "request", "seq": seq, "command": command, "arguments": arguments},
+        "channel": "control",
+        "buffers": [],
+    }
+
+
+async def test_a_server_cannot_use_another_servers_kernel_debugger(local, linked_repo):
+    # debugpy, once a visitor turned JupyterLab's debugger on and off, goes on
+    # listening on loopback without a key: another server attached and ran code as her
+    for user in ("carol", "mallory"):
+        events = await local.launch(user, {"repo": linked_repo})
+        assert events[-1].get("ready"), messages(events)
+    api = f"{local.hub.url}/user/carol/api"
+    headers = {"Authorization": f"token {local.hub.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(api + "/kernels", json={"name": "python3"}) as resp:
+            kernel = await resp.json()
+        channels = f"{api}/kernels/{kernel['id']}/channels".replace("http://", "ws://")
+        async with session.ws_connect(channels) as ws:
+
+            async def request(message):
+                await ws.send_str(json.dumps(message))
+                async with asyncio.timeout(60):
+                    async for raw in ws:
+                        reply = json.loads(raw.data)
+                        if reply["parent_header"].get("msg_id") == message["header"]["msg_id"]:
+                            if reply["msg_type"] == "debug_reply":
+                                return reply["content"]
+
+            # what JupyterLab sends when the debugger is switched on, then off
+            await request(debug_request("initialize", 1, clientID="jupyterlab", adapterID="python"))
+            await request(debug_request("attach", 2))
+            await request(debug_request("disconnect", 3, restart=False, terminateDebuggee=False))
+            out = await local.run_code("mallory", ATTACH_TO_EVERY_DEBUGGER)
+        assert re.search(r"PORTS [1-9]\d* DEBUGGERS \[\]", out), out
+        async with session.get(api + "/contents/mallory-was-here") as resp:
+            assert resp.status == 404, await resp.text()
+    for user in ("carol", "mallory"):
         await local.stop(user)
 
 
