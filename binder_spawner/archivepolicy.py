@@ -100,7 +100,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.doi_resolver_url = "https://doi.example.org"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -120,7 +120,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.archive_hosts = {"zenodo": ["zenodo.example.org"]}``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -132,7 +132,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.figshare_api_url = "https://api.figshare.example.org/v2"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -146,7 +146,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.hydroshare_url = "https://hydroshare.example.org"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -158,7 +158,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.swh_api_url = "https://swh.example.org/api/1"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -171,7 +171,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.swh_vault_timeout = 600``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -183,7 +183,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.swh_vault_interval = 10``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -195,7 +195,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.archive_timeout = 30``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -208,7 +208,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.archive_download_timeout = 600``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -221,7 +221,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.archive_max_bytes = "500M"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -233,7 +233,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.archive_max_unpacked_bytes = "1G"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -244,7 +244,7 @@ class ArchivePolicy(LoggingConfigurable):
 
         Example: ``c.RepoPolicy.archive_max_files = 2000``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 

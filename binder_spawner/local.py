@@ -147,7 +147,7 @@ class _SandboxedProcessSpawner(LocalProcessSpawner):
         why. Default 1.
         Example: ``c.LocalBinderSpawner.memory_check_interval = 2``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 

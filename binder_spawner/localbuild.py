@@ -313,7 +313,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: ``git`` in the system directories (``/usr/bin/git``).
         Example: ``c.EnvironmentBuilder.git_path = "/usr/local/bin/git"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -330,7 +330,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: ``meta`` beside ``envs_dir``.
         Example: ``c.EnvironmentBuilder.meta_dir = "/var/lib/binder/meta"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -345,7 +345,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default: the number of CPU cores.
         Example: ``c.EnvironmentBuilder.max_concurrent_builds = 2``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -363,7 +363,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         cancelled and its files removed. Default 60.
         Example: ``c.EnvironmentBuilder.abandoned_build_grace = 300``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -376,7 +376,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         readable, not writable. Default 20 MB.
         Example: ``c.EnvironmentBuilder.home_max_file = "100M"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -438,7 +438,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         repository that needs it must then list it). Ignored with ``installer = "pip"``.
         Example: ``c.EnvironmentBuilder.uv_overrides = []``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -457,7 +457,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         ``installer = "pip"``. Default False.
         Example: ``c.EnvironmentBuilder.kernel_debugger = True`` (one trusted user)
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -472,7 +472,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default ``warn``: most repositories list tools a notebook rarely needs.
         Example: ``c.EnvironmentBuilder.apt_policy = "refuse"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -488,7 +488,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default ``["conda-forge"]``.
         Example: ``c.EnvironmentBuilder.conda_channels = ["conda-forge", "bioconda"]``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -502,7 +502,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default ``https://conda.anaconda.org``.
         Example: ``c.EnvironmentBuilder.conda_channel_alias = "https://conda-mirror.example.org"``
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -558,7 +558,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         Default True.
         Example: ``c.EnvironmentBuilder.jupyter_cache = False``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -573,7 +573,7 @@ class EnvironmentBuilder(LoggingConfigurable):
         one day.
         Example: ``c.EnvironmentBuilder.jupyter_cache_max_age = 6 * 3600``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 

@@ -260,7 +260,7 @@ class Sandbox(LoggingConfigurable):
         1 GB, as mybinder.org's memory guarantee.
         Example: ``c.Sandbox.memory_guarantee = "512M"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -273,7 +273,7 @@ class Sandbox(LoggingConfigurable):
         ``jupyter lab build`` need more than a server.
         Example: ``c.Sandbox.build_memory_limit = "8G"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -300,7 +300,7 @@ class Sandbox(LoggingConfigurable):
         message. Default: ``memory_limit``.
         Example: ``c.Sandbox.home_size = "1G"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -316,7 +316,7 @@ class Sandbox(LoggingConfigurable):
         well. Default: ``memory_limit``.
         Example: ``c.Sandbox.tmpfs_size = "512M"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -336,7 +336,7 @@ class Sandbox(LoggingConfigurable):
         Default True.
         Example: ``c.Sandbox.require_cgroups = False``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -347,7 +347,7 @@ class Sandbox(LoggingConfigurable):
 
         Example: ``c.Sandbox.cgroup_root = "/sys/fs/cgroup"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -363,7 +363,7 @@ class Sandbox(LoggingConfigurable):
         the hub, e.g. by systemd's ``Delegate=yes``.
         Example: ``c.Sandbox.cgroup_parent = "/system.slice/jupyterhub.service"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -376,7 +376,7 @@ class Sandbox(LoggingConfigurable):
         io_uring, the mount API, perf events, ...). Default True.
         Example: ``c.Sandbox.seccomp = False``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 

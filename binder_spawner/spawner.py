@@ -343,7 +343,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
         Example: ``c.BinderSpawner.k8s_api_outage_timeout = 300``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
@@ -792,7 +792,7 @@ class BinderSpawner(BinderLaunchMixin, KubeSpawner):
 
         Example: ``c.BinderSpawner.build_orphan_grace_period = 600``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 

@@ -339,7 +339,7 @@ class AnonymousAuthenticator(Authenticator):
 
         Example: ``c.AnonymousAuthenticator.binder_service_name = "binderhub"``
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
