@@ -9,11 +9,11 @@ import ipaddress
 import re
 import secrets
 import string
-import sys
 import time
 from collections import OrderedDict, deque
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import tcptable
 from .querydata import first_value
 
 # lowercase letters and digits: names stay valid JupyterHub "safe slugs"
@@ -171,21 +171,6 @@ def client_address(peer, forwarded_for, trusted_networks, hops=DEFAULT_TRUSTED_H
     return str(current)
 
 
-def _proc_net_address(text):
-    """``(address, port)`` of a ``/proc/net/tcp`` or ``tcp6`` address field (``0100007F:1F91``).
-
-    The kernel prints each 32-bit word of the address in host byte order.
-    """
-    hex_address, _, hex_port = text.partition(":")
-    raw = bytes.fromhex(hex_address)
-    if sys.byteorder == "little":
-        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    address = ipaddress.ip_address(raw)
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address, int(hex_port, 16)
-
-
 def socket_owner(proc_net_tables, local, remote):
     """The uid of this machine's TCP socket from ``local`` to ``remote``, or None.
 
@@ -196,18 +181,9 @@ def socket_owner(proc_net_tables, local, remote):
     is on another machine (or its socket is already gone).
     """
     wanted = (_parse_ip(local[0]), int(local[1])), (_parse_ip(remote[0]), int(remote[1]))
-    for table in proc_net_tables:
-        for line in table.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) < 8:
-                continue
-            try:
-                found = _proc_net_address(fields[1]), _proc_net_address(fields[2])
-                uid = int(fields[7])
-            except ValueError:
-                continue
-            if found == wanted:
-                return uid
+    for found_local, found_remote, _, uid in tcptable.sockets(proc_net_tables):
+        if (found_local, found_remote) == wanted:
+            return uid
     return None
 
 

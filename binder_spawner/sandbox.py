@@ -41,7 +41,7 @@ from traitlets import Bool, Integer, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 from traitlets.traitlets import TraitError
 
-from . import cgroups, seccomp
+from . import cgroups, seccomp, tcptable
 
 # Where a sandboxed server finds its home. repo2docker images use /home/jovyan,
 # and notebooks written for Binder sometimes hard-code it.
@@ -80,31 +80,17 @@ def trusted_which(name, path=TRUSTED_PATH):
     return None
 
 
-def parse_tcp_listeners(text):
-    """``/proc/net/tcp`` or ``/proc/net/tcp6`` text -> ``[(port, uid)]`` of listening sockets."""
-    found = []
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 7 and fields[3] == "0A":  # TCP_LISTEN
-            found.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[7])))
-    return found
-
-
 def listening_uids(port, net_dir="/proc/net"):
     """The uids owning a TCP socket that listens on ``port`` (any address) on this host.
 
     The sandboxes share the host's network: any of them can listen on a
     loopback port before the program meant to, and answer in its place.
     """
-    uids = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(os.path.join(net_dir, name)) as f:
-                text = f.read()
-        except OSError:
-            continue
-        uids.update(uid for p, uid in parse_tcp_listeners(text) if p == port)
-    return uids
+    return {
+        uid
+        for (_, local_port), _, state, uid in tcptable.sockets(tcptable.read_tables(net_dir))
+        if state == tcptable.LISTEN and local_port == port
+    }
 
 
 def _system_binds(paths):

@@ -20,6 +20,7 @@ from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
 
+from .. import tcptable
 from ..errors import spawn_error
 from ..identity import (
     DEFAULT_TRUSTED_HOPS,
@@ -41,19 +42,6 @@ from .handlers import (
     LaunchRouterHandler,
     ProxyErrorPageHandler,
 )
-
-
-def _local_socket_owner(local, remote):
-    """uid of this machine's TCP socket from ``local`` to ``remote`` (``(address, port)``), or None."""
-    tables = []
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                tables.append(f.read())
-        except OSError:
-            continue
-    return socket_owner(tables, local, remote)
-
 
 # how long a name handed out by authenticate() counts against the total cap
 # before the hub has stored its user (login_user -> auth_to_user)
@@ -461,7 +449,10 @@ class AnonymousAuthenticator(Authenticator):
             hub_address = None
         owner = None
         if port is not None and hub_address is not None:
-            owner = await asyncio.to_thread(_local_socket_owner, (peer, port), hub_address)
+            # the tables can be long on a busy host: read and searched off the event loop
+            owner = await asyncio.to_thread(
+                lambda: socket_owner(tcptable.read_tables(), (peer, port), hub_address)
+            )
         runs_a_server = owner is None and self._runs_a_server(handler.db, peer)
         believed = believes_forwarded_for(owner, os.geteuid(), runs_a_server)
         if not believed:
