@@ -561,6 +561,27 @@ def margin_line(week: dict) -> str:
     )
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--set FIELD=VALUE`` (repeatable): one :class:`Model` parameter changed."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one model parameter, e.g. --set cache_gb=200 (repeatable)",
+    )
+
+
+def model_from(parser: argparse.ArgumentParser, args, **overrides) -> Model:
+    """The :class:`Model` of ``args.set`` over ``overrides``; an unknown field is a usage error."""
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in Model.__dataclass_fields__:
+            parser.error(f"unknown model parameter {key!r}")
+        overrides[key] = type(getattr(Model, key))(value)
+    return Model(**overrides)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -578,13 +599,7 @@ def main(argv=None) -> int:
         choices=STRATEGIES + EXTRA_STRATEGIES,
         help="run only these (repeatable); binder-pods-only: ours without node access",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="change one model parameter, e.g. --set cache_gb=200 (repeatable)",
-    )
+    add_model_options(parser)
     parser.add_argument(
         "--jobs",
         type=int,
@@ -592,13 +607,7 @@ def main(argv=None) -> int:
         help="replay this many (trace, strategy) pairs at once, in processes (default 1)",
     )
     args = parser.parse_args(argv)
-    overrides = {"nodes": args.nodes}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in Model.__dataclass_fields__:
-            parser.error(f"unknown model parameter {key!r}")
-        overrides[key] = type(getattr(Model, key))(value)
-    model = Model(**overrides)
+    model = model_from(parser, args, nodes=args.nodes)
     strategies = args.strategy or STRATEGIES
     traces = [(path, load_trace(path, model, args.limit)) for path in args.trace]
     pairs = [(i, strategy) for i in range(len(traces)) for strategy in strategies]

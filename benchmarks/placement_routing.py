@@ -46,7 +46,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from placement import GB, Launch, Model, demand_score, load_trace, lower_bound  # noqa: E402
+from placement import (  # noqa: E402
+    GB,
+    Launch,
+    Model,
+    add_model_options,
+    demand_score,
+    load_trace,
+    lower_bound,
+    model_from,
+)
 
 DAY = 86400.0
 RULES = (
@@ -189,21 +198,9 @@ def main(argv=None) -> int:
         default=24.0,
         help="fitted: the probability of a relaunch within this many hours (default 24)",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="change one model parameter, e.g. --set cache_gb=200 (repeatable)",
-    )
+    add_model_options(parser)
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in Model.__dataclass_fields__:
-            parser.error(f"unknown model parameter {key!r}")
-        overrides[key] = type(getattr(Model, key))(value)
-    model = Model(**overrides)
+    model = model_from(parser, args)
     rules = args.rule or RULES
     horizon = args.fit_horizon_hours * 3600
     traces = [(Path(path).name, load_trace(path, model)) for path in args.trace]

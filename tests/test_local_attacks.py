@@ -299,15 +299,23 @@ while not os.path.exists("stop-talking") and time.monotonic() < deadline:
     time.sleep(0.05)
 """
 
-# mallory subscribes to every TCP port another uid listens on (the network is the host's)
-SUBSCRIBE_TO_EVERY_PORT = r"""
-import os, time, zmq
+# in mallory's server: ``ports``, every TCP port another uid listens on (the
+# network is the host's)
+OTHER_UIDS_PORTS = r"""
+import os
 ports = set()
 for path in ("/proc/net/tcp", "/proc/net/tcp6"):
     for line in open(path).read().splitlines()[1:]:
         fields = line.split()
         if fields[3] == "0A" and int(fields[7]) != os.getuid():
             ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+"""
+
+# mallory subscribes to every TCP port another uid listens on
+SUBSCRIBE_TO_EVERY_PORT = (
+    OTHER_UIDS_PORTS
+    + r"""
+import time, zmq
 context = zmq.Context()
 poller = zmq.Poller()
 for port in ports:
@@ -323,6 +331,7 @@ while not heard and time.monotonic() < deadline:
         heard += [frame for frame in sub.recv_multipart() if SECRET in frame]
 print("PORTS", len(ports), "HEARD", heard[:1])
 """
+)
 
 
 async def test_a_server_cannot_listen_to_another_servers_kernel(local, linked_repo):
@@ -359,14 +368,10 @@ async def test_a_server_cannot_listen_to_another_servers_kernel(local, linked_re
 
 # mallory tries every TCP port another uid listens on as a debugpy adapter (DAP over TCP):
 # attach, then run code in that kernel
-ATTACH_TO_EVERY_DEBUGGER = r"""
-import json, os, socket
-ports = set()
-for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-    for line in open(path).read().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A" and int(fields[7]) != os.getuid():
-            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+ATTACH_TO_EVERY_DEBUGGER = (
+    OTHER_UIDS_PORTS
+    + r"""
+import json, socket
 
 def send(sock, seq, command, **arguments):
     body = json.dumps(
@@ -406,6 +411,7 @@ for port in sorted(ports):
         pass
 print("PORTS", len(ports), "DEBUGGERS", adapters)
 """
+)
 
 
 def debug_request(command, seq, **arguments):
